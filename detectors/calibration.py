@@ -1,0 +1,78 @@
+"""Conformal calibration: raw scores in, p-values and decisions out. Arrays only, no images, no ONNX.
+
+Identities (tested): higher raw score = more anomalous; p-values lie in (0, 1];
+`is_anomaly == (p_value <= alpha)`; on exchangeable normal data P(p_value <= alpha) <= alpha.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import InputError
+
+
+def check_alpha(alpha: float) -> float:
+    """Return alpha as a float, or raise InputError unless 0 < alpha < 1."""
+    try:
+        alpha = float(alpha)
+    except (TypeError, ValueError):
+        msg = f"alpha must be a number in (0, 1), got {alpha!r}"
+        raise InputError(msg) from None
+    if not (0.0 < alpha < 1.0):
+        msg = f"alpha must be in (0, 1), got {alpha}"
+        raise InputError(msg)
+    return alpha
+
+
+def check_scores(scores, *, name: str = "scores") -> np.ndarray:
+    """Return scores as a 1-D float64 array; NaN, infinity and empty arrays are refused."""
+    array = np.asarray(scores, dtype=np.float64)
+    if array.ndim == 0:
+        array = array.reshape(1)
+    if array.ndim != 1:
+        msg = f"{name} must be one-dimensional, got shape {array.shape}"
+        raise InputError(msg)
+    if not np.all(np.isfinite(array)):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        msg = f"{name} contain {bad} non-finite value(s) (NaN or infinity)"
+        raise InputError(msg)
+    return array
+
+
+def reference_from_scores(scores) -> np.ndarray:
+    """Sort held-out normal scores into a calibration reference (at least one score)."""
+    reference = np.sort(check_scores(scores, name="reference scores"))
+    if reference.size == 0:
+        msg = "a calibration reference needs at least one normal score"
+        raise InputError(msg)
+    return reference
+
+
+def conformal_p_values(scores, reference: np.ndarray) -> np.ndarray:
+    """p = (1 + #{reference >= s}) / (n + 1) for each score s; `reference` must be sorted."""
+    scores = check_scores(scores)
+    n = reference.size
+    at_least = n - np.searchsorted(reference, scores, side="left")
+    return (1.0 + at_least) / (n + 1.0)
+
+
+def conformal_threshold(reference: np.ndarray, alpha: float) -> float:
+    """The raw score above which p <= alpha (`score > threshold`); +inf when n is too small.
+
+    p <= alpha  <=>  #{ref >= s} <= m with m = floor(alpha (n + 1)) - 1
+                <=>  s > ref[n - m - 1] (ascending order).
+    """
+    alpha = check_alpha(alpha)
+    n = reference.size
+    # The small epsilon keeps alpha * (n + 1) = 10.0 from flooring to 9 through rounding error.
+    m = math.floor(alpha * (n + 1) + 1e-9) - 1
+    if m < 0:
+        return math.inf
+    return float(reference[n - m - 1])
+
+
+def min_reference_size(alpha: float) -> int:
+    """The smallest reference for which any score can reach p <= alpha."""
+    return math.ceil(1.0 / check_alpha(alpha) - 1e-9) - 1

@@ -1,0 +1,129 @@
+"""ONNX Runtime backend: one session per bundle, checked against the bundle's metadata."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .bundle import Bundle
+from .complexity import code_length_bits_per_dim
+from .errors import BundleError
+
+log = logging.getLogger(__name__)
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def gpu_present() -> bool:
+    """True when an NVIDIA device node exists (onnxruntime-gpu lists CUDA even without one)."""
+    return Path("/dev/nvidiactl").exists() or bool(os.environ.get("NORMALCY_ASSUME_GPU"))
+
+
+def choose_providers(device: str = "auto") -> list[str]:
+    """Execution providers for `device`: CUDA first when asked for (or `auto` and usable)."""
+    if device not in DEVICES:
+        msg = f"device must be one of {DEVICES}, got {device!r}"
+        raise ValueError(msg)
+    cuda_built = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device == "cuda" and not cuda_built:
+        msg = "device 'cuda' asked for, but this onnxruntime has no CUDA provider (install normalcy[gpu])"
+        raise ValueError(msg)
+    if device == "cuda" or (device == "auto" and cuda_built and gpu_present()):
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxSession:
+    """Runs a bundle's graph and derives its raw scores; knows nothing of calibration."""
+
+    def __init__(self, bundle: Bundle, *, device: str = "auto", threads: int | None = None):
+        self.bundle = bundle
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                bundle.model_bytes, options, providers=choose_providers(device)
+            )
+        except Exception as error:  # onnxruntime raises its own exception types
+            msg = f"{bundle.path or 'bundle'}: ONNX Runtime cannot load the graph ({error})"
+            raise BundleError(msg) from None
+        self.provider = self.session.get_providers()[0]
+        self._check_graph()
+        log.info("loaded %s (%s) on %s", bundle.path, bundle.kind, self.provider)
+
+    def _check_graph(self) -> None:
+        meta = self.bundle.metadata
+        where = self.bundle.path or "bundle"
+        inputs = {node.name: node for node in self.session.get_inputs()}
+        outputs = {node.name for node in self.session.get_outputs()}
+        spec = meta["input"]
+        image = inputs.get(spec["name"])
+        if image is None:
+            msg = f"{where}: metadata names input {spec['name']!r}, graph has {sorted(inputs)}"
+            raise BundleError(msg)
+        if image.type != "tensor(uint8)":
+            msg = f"{where}: graph input {spec['name']!r} is {image.type}, metadata says uint8"
+            raise BundleError(msg)
+        expected = [spec["channels"], spec["height"], spec["width"]]
+        if len(image.shape) != 4 or list(image.shape[1:]) != expected:
+            msg = f"{where}: graph input shape {image.shape} disagrees with metadata (B, {expected})"
+            raise BundleError(msg)
+        noise = meta.get("noise")
+        wanted_inputs = {spec["name"]} | ({noise["input"]} if noise else set())
+        if set(inputs) != wanted_inputs:
+            msg = f"{where}: graph inputs {sorted(inputs)} disagree with metadata {sorted(wanted_inputs)}"
+            raise BundleError(msg)
+        needed = set()
+        for score in meta["scores"].values():
+            needed.add(score["output"])
+            if score["kind"] == "difference":
+                needed.add(score["minus_output"])
+        if meta.get("heatmap"):
+            needed.add(meta["heatmap"]["output"])
+        missing = needed - outputs
+        if missing:
+            msg = f"{where}: metadata refers to outputs {sorted(missing)} that the graph lacks"
+            raise BundleError(msg)
+
+    def run(self, images: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
+        """Run the graph on uint8 (B, C, H, W) images and return the named outputs."""
+        feeds = {self.bundle.metadata["input"]["name"]: images}
+        noise = self.bundle.metadata.get("noise")
+        if noise:
+            # The same noise for every image: an image's score does not depend on its batch.
+            draw = np.random.default_rng(noise["seed"]).standard_normal(
+                (noise["samples"], noise["latent_dim"])
+            )
+            feeds[noise["input"]] = np.ascontiguousarray(
+                np.broadcast_to(draw, (len(images), *draw.shape)), dtype=np.float32
+            )
+        values = self.session.run(outputs, feeds)
+        return dict(zip(outputs, values, strict=True))
+
+    def raw_scores(self, images: np.ndarray, names: list[str], *, with_map: bool = False
+                   ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """Raw scores (B,) for each named score, and the per-pixel map (B, C, H, W) if asked."""
+        specs = self.bundle.metadata["scores"]
+        needed = []
+        for name in names:
+            spec = specs[name]
+            needed += [spec["output"]] + ([spec["minus_output"]] if spec["kind"] == "difference" else [])
+        map_output = self.bundle.metadata["heatmap"]["output"] if with_map else None
+        if map_output:
+            needed.append(map_output)
+        values = self.run(images, list(dict.fromkeys(needed)))
+        scores = {}
+        for name in names:
+            spec = specs[name]
+            raw = values[spec["output"]].astype(np.float64)
+            if spec["kind"] == "complexity":
+                raw = raw - code_length_bits_per_dim(images, spec["compressor"])
+            elif spec["kind"] == "difference":
+                raw = raw - values[spec["minus_output"]].astype(np.float64)
+            scores[name] = raw
+        return scores, (values[map_output] if map_output else None)

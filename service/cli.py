@@ -1,0 +1,181 @@
+"""The `normalcy` command. Subcommands import what they need when they run, so `normalcy serve`
+and `normalcy score` work in an install without PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def _classes(text: str):
+    from detectors.datasets import parse_classes
+
+    try:
+        return parse_classes(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _alpha(text: str) -> float:
+    from detectors.calibration import check_alpha
+
+    try:
+        return check_alpha(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+# --- train ---------------------------------------------------------------------------------------
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a PixelCNN or VAE on normal images and write its bundle")
+    p.add_argument("kind", choices=["pixelcnn", "vae"])
+    p.add_argument("--data", required=True, help="data spec: digits[:train], idx:PATH, folder:DIR, npy:FILE")
+    p.add_argument("--normal-classes", type=_classes, help="keep only these labels, e.g. 0,1")
+    p.add_argument("--out", required=True, help="FILE.onnx (the checkpoint goes beside it)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--patience", type=int, default=3, help="early stopping: epochs without improvement")
+    p.add_argument("--max-minutes", type=float, help="wall-clock training budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
+    p.add_argument("--hidden", type=int, help="feature maps (PixelCNN) or first conv width (VAE)")
+    p.add_argument("--layers", type=int, help="PixelCNN gated layers")
+    p.add_argument("--kernel", type=int, help="PixelCNN kernel size (odd)")
+    p.add_argument("--latent", type=int, help="VAE latent dimensions")
+    p.add_argument("--likelihood", choices=["logistic", "categorical"], help="VAE decoder")
+    p.add_argument("--samples", type=int, default=4, help="VAE importance samples when scoring")
+    p.add_argument("--background-rate", type=float, default=0.0,
+                   help="PixelCNN: also fit a background model on pixels substituted at this rate "
+                        "(adds the likelihood_ratio score)")
+    p.add_argument("--alpha", type=_alpha, default=0.01, help="default false-positive rate")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run_train)
+
+
+def run_train(args) -> int:
+    from training.pipeline import TrainJob, run
+    from training.train import TrainConfig
+
+    names = {"pixelcnn": ("hidden", "layers", "kernel"), "vae": ("hidden", "latent", "likelihood")}
+    model = {k: getattr(args, k) for k in names[args.kind] if getattr(args, k) is not None}
+    train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+                        max_minutes=args.max_minutes, seed=args.seed, device=args.device)
+    job = TrainJob(args.kind, args.data, args.out, normal_classes=args.normal_classes, model=model,
+                   train=train, background_rate=args.background_rate, alpha=args.alpha,
+                   samples=args.samples, progress=not args.no_progress, resume=args.resume)
+    _, summary = run(job)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+# --- info ------------------------------------------------------------------------------------------
+def add_info(sub) -> None:
+    p = sub.add_parser("info", help="print a bundle's metadata as JSON")
+    p.add_argument("bundle")
+    p.add_argument("--full", action="store_true", help="include calibration references and heat-map statistics")
+    p.set_defaults(run=run_info)
+
+
+def run_info(args) -> int:
+    from detectors.bundle import Bundle
+
+    bundle = Bundle.read(args.bundle)
+    meta = bundle.metadata
+    if not args.full:
+        meta = json.loads(json.dumps(meta))
+        for spec in meta["scores"].values():
+            ref = spec.pop("reference")
+            spec["reference_size"] = len(ref)
+        if meta.get("heatmap"):
+            meta["heatmap"] = {k: v for k, v in meta["heatmap"].items() if k not in ("mean", "std")}
+    print(json.dumps({"path": args.bundle, "sha256": bundle.sha256, "metadata": meta}, indent=2))
+    return 0
+
+
+# --- evaluate --------------------------------------------------------------------------------------
+def add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="AUROC and false-positive rate of a bundle on labelled data")
+    p.add_argument("bundle")
+    p.add_argument("--normal", help="data spec of normal images")
+    p.add_argument("--anomalous", help="data spec of anomalous images")
+    p.add_argument("--data", help="labelled data spec; with --normal-classes, the rest are anomalous")
+    p.add_argument("--normal-classes", type=_classes)
+    p.add_argument("--alpha", type=_alpha)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=run_evaluate)
+
+
+def run_evaluate(args) -> int:
+    import numpy as np
+
+    from detectors import Detector
+    from detectors.datasets import load
+    from detectors.evaluation import evaluate, format_table
+
+    if args.data:
+        if not args.normal_classes:
+            raise SystemExit("evaluate: --data needs --normal-classes")
+        data = load(args.data)
+        if data.labels is None:
+            raise SystemExit(f"evaluate: {args.data} has no labels")
+        is_normal = np.isin(data.labels, args.normal_classes)
+        normal, anomalous = data.images[is_normal], data.images[~is_normal]
+    elif args.normal:
+        normal = load(args.normal).images
+        anomalous = load(args.anomalous).images if args.anomalous else None
+    else:
+        raise SystemExit("evaluate: give --normal [--anomalous] or --data with --normal-classes")
+    report = evaluate(Detector.load(args.bundle, device="cpu"), normal, anomalous, alpha=args.alpha)
+    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    return 0
+
+
+# --- demo ------------------------------------------------------------------------------------------
+def add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="train both models on the bundled digits and print their quality")
+    p.add_argument("--out", default="runs/demo", help="folder for the bundles")
+    p.add_argument("--quick", action="store_true", help="tiny models, a few epochs (for tests)")
+    p.set_defaults(run=run_demo)
+
+
+def run_demo(args) -> int:
+    from training.demo import demo
+
+    print(demo(args.out, quick=args.quick))
+    return 0
+
+
+COMMANDS = [add_train, add_info, add_evaluate, add_demo]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="normalcy", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from detectors.errors import BundleError, InputError
+
+    try:
+        return args.run(args)
+    except (BundleError, InputError) as error:
+        print(f"normalcy {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny bundles trained once per session on the bundled digits (seconds each)."""
+
+from __future__ import annotations
+
+import pytest
+
+DIGITS_NORMAL = [0, 1, 2, 3, 4]
+
+
+def _train(kind: str, out, **extra):
+    from training.pipeline import TrainJob, run
+    from training.train import TrainConfig
+
+    model = {"pixelcnn": {"hidden": 16, "layers": 3, "kernel": 3, "head": 32},
+             "vae": {"latent": 4, "hidden": 8}}[kind]
+    job = TrainJob(kind, "digits:train", str(out), normal_classes=DIGITS_NORMAL, model=model,
+                   train=TrainConfig(epochs=2, seed=0), progress=False, calibration=0.25, **extra)
+    bundle, _ = run(job)
+    return bundle
+
+
+@pytest.fixture(scope="session")
+def pixelcnn_bundle(tmp_path_factory):
+    """Path of a tiny calibrated PixelCNN bundle (digits 0-4 normal), with a background model."""
+    out = tmp_path_factory.mktemp("bundles") / "pixelcnn.onnx"
+    _train("pixelcnn", out, background_rate=0.2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def vae_bundle(tmp_path_factory):
+    """Path of a tiny calibrated VAE bundle (digits 0-4 normal)."""
+    out = tmp_path_factory.mktemp("bundles") / "vae.onnx"
+    _train("vae", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits_test():
+    from detectors.datasets import load_digits
+
+    return load_digits("test")

@@ -1,0 +1,220 @@
+"""The training loop shared by the PixelCNN and the VAE: Adam, warm-up then cosine decay, gradient
+clipping, validation bits/dim every epoch, early stopping on it, checkpoints that resume.
+
+A checkpoint is a plain dict of tensors and numbers (it loads with `weights_only=True`) holding the
+model's hyperparameters, so it rebuilds its own model.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .data import ImageSet, Splits, perturb
+from .models import VAE, PixelCNN, PixelCNNConfig, VAEConfig
+
+MODEL_KINDS = {"pixelcnn": (PixelCNN, PixelCNNConfig), "vae": (VAE, VAEConfig)}
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0  # L2 penalty (the background model of the likelihood ratio uses it)
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    patience: int = 3  # epochs without a better validation score before stopping
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    perturb_rate: float = 0.0  # > 0 trains on randomly substituted pixels (background model)
+    max_minutes: float | None = None  # wall-clock budget; stops after the step that passes it
+    conditional: bool = False  # feed labels to a class-conditional model
+
+
+@dataclass
+class TrainResult:
+    epochs: int  # epochs completed (a budget stop counts the partial epoch)
+    best_validation_bits_per_dim: float
+    history: list[dict] = field(default_factory=list)  # per epoch: train/validation bits/dim, seconds
+    stopped: str = "epochs"  # epochs | early_stopping | budget
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        msg = "device 'cuda' asked for, but torch sees no CUDA device"
+        raise ValueError(msg)
+    if device not in ("cpu", "cuda"):
+        msg = f"device must be auto, cpu or cuda, got {device!r}"
+        raise ValueError(msg)
+    return torch.device(device)
+
+
+def build_model(kind: str, config: dict) -> nn.Module:
+    model_cls, config_cls = MODEL_KINDS[kind]
+    return model_cls(config_cls(**config))
+
+
+def objective(model: nn.Module, x: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
+    """Per-image loss in bits/dim: exact NLL (PixelCNN) or one-sample negative ELBO (VAE)."""
+    if isinstance(model, PixelCNN):
+        return model.bits_per_dim(x, label)
+    return model.loss(x, label)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[str, nn.Module, dict]:
+    """Rebuild the best model a checkpoint holds: (kind, model in eval mode, checkpoint)."""
+    ckpt = load_checkpoint(path)
+    model = build_model(ckpt["kind"], ckpt["model_config"])
+    model.load_state_dict(ckpt["best_state_dict"])
+    return ckpt["kind"], model.eval(), ckpt
+
+
+def _tensors(data: ImageSet) -> tuple[torch.Tensor, torch.Tensor | None]:
+    images = torch.from_numpy(np.ascontiguousarray(data.images))
+    labels = None if data.labels is None else torch.from_numpy(data.labels)
+    return images, labels
+
+
+@torch.no_grad()
+def evaluate_bits_per_dim(model: nn.Module, data: ImageSet, *, batch_size: int = 256,
+                          device: torch.device | str = "cpu", conditional: bool = False) -> float:
+    """Mean bits/dim of `model` over `data` (exact for the PixelCNN, one-sample bound for the VAE)."""
+    model.eval()
+    images, labels = _tensors(data)
+    total = 0.0
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(device)
+        y = labels[start:start + batch_size].to(device) if conditional else None
+        total += objective(model, x, y).double().sum().item()
+    return total / len(images)
+
+
+def fit(kind: str, model_config: dict, splits: Splits, cfg: TrainConfig, *,
+        checkpoint: str | Path | None = None, resume: bool = False, progress: bool = True,
+        extra: dict | None = None) -> tuple[nn.Module, TrainResult]:
+    """Train a model of `kind` on splits.train, validating on splits.validation each epoch.
+
+    With `checkpoint`, the state is saved after every epoch; with `resume`, training continues
+    from it. Returns the model holding the best validation weights, in eval mode.
+    """
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    model = build_model(kind, model_config).to(device)
+    if cfg.conditional and splits.train.labels is None:
+        msg = "a conditional model needs labelled training data"
+        raise ValueError(msg)
+    images, labels = _tensors(splits.train)
+    steps_per_epoch = math.ceil(len(images) / cfg.batch_size)
+    total_steps = max(1, cfg.epochs * steps_per_epoch)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def schedule(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress_fraction = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress_fraction))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    state = {"epoch": 0, "history": [], "best_val": math.inf, "best_state": None, "bad_epochs": 0}
+    if resume and checkpoint and Path(checkpoint).exists():
+        ckpt = load_checkpoint(checkpoint)
+        model.load_state_dict(ckpt["state_dict"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        state.update(epoch=ckpt["epoch"], history=ckpt["history"], best_val=ckpt["best_val"],
+                     best_state=ckpt["best_state_dict"], bad_epochs=ckpt["bad_epochs"])
+        torch.set_rng_state(ckpt["rng"])
+
+    use_amp = device.type == "cuda"
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    started = time.monotonic()
+    stopped = "epochs"
+    while state["epoch"] < cfg.epochs and stopped == "epochs":
+        model.train()
+        epoch_start = time.monotonic()
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed + state["epoch"]))
+        losses = []
+        bar = tqdm(range(steps_per_epoch), desc=f"{kind} epoch {state['epoch'] + 1}/{cfg.epochs}",
+                   disable=not progress, leave=False, unit="batch")
+        for step in bar:
+            index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            x = images[index].to(device)
+            y = labels[index].to(device) if cfg.conditional else None
+            if cfg.perturb_rate > 0:
+                x = perturb(x.cpu(), cfg.perturb_rate, generator).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = objective(model, x, y).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            bar.set_postfix(bits_per_dim=f"{np.mean(losses[-20:]):.3f}")
+            if cfg.max_minutes is not None and time.monotonic() - started > 60 * cfg.max_minutes:
+                stopped = "budget"
+                break
+        val = evaluate_bits_per_dim(model, splits.validation, device=device, conditional=cfg.conditional)
+        state["epoch"] += 1
+        state["history"].append({"epoch": state["epoch"], "train_bits_per_dim": float(np.mean(losses)),
+                                 "validation_bits_per_dim": val,
+                                 "seconds": time.monotonic() - epoch_start})
+        if progress:
+            tqdm.write(f"{kind} epoch {state['epoch']}: train {np.mean(losses):.4f} "
+                       f"validation {val:.4f} bits/dim")
+        if val < state["best_val"]:
+            state.update(best_val=val, bad_epochs=0,
+                         best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        else:
+            state["bad_epochs"] += 1
+            if state["bad_epochs"] >= cfg.patience and stopped == "epochs":
+                stopped = "early_stopping"
+        if checkpoint:
+            save_checkpoint(checkpoint, kind, model_config, cfg, model, optimizer, scheduler, state, extra)
+
+    model.load_state_dict(state["best_state"])
+    model.eval()
+    return model, TrainResult(state["epoch"], state["best_val"], state["history"], stopped)
+
+
+def save_checkpoint(path, kind, model_config, cfg, model, optimizer, scheduler, state, extra=None):
+    payload = {
+        "kind": kind,
+        "model_config": dict(model_config),
+        "train_config": asdict(cfg),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "best_state_dict": state["best_state"],
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": state["epoch"],
+        "history": state["history"],
+        "best_val": state["best_val"],
+        "bad_epochs": state["bad_epochs"],
+        "rng": torch.get_rng_state(),
+        "extra": extra or {},
+    }
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
