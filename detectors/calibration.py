@@ -76,3 +76,21 @@ def conformal_threshold(reference: np.ndarray, alpha: float) -> float:
 def min_reference_size(alpha: float) -> int:
     """The smallest reference for which any score can reach p <= alpha."""
     return math.ceil(1.0 / check_alpha(alpha) - 1e-9) - 1
+
+
+def benjamini_hochberg(p_values) -> np.ndarray:
+    """Benjamini-Hochberg q-values: flag q <= Q to control the false discovery rate at Q.
+
+    q_(i) = min over j >= i of p_(j) * n / j, for p-values sorted ascending, capped at 1.
+    """
+    p = check_scores(p_values, name="p-values")
+    if np.any((p <= 0) | (p > 1)):
+        msg = "p-values must lie in (0, 1]"
+        raise InputError(msg)
+    n = p.size
+    order = np.argsort(p, kind="stable")
+    scaled = p[order] * n / np.arange(1, n + 1)
+    q_sorted = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    q = np.empty(n)
+    q[order] = q_sorted
+    return q
