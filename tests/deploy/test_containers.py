@@ -1,0 +1,219 @@
+"""The container images and the compose stack. No container engine runs here, so: the files parse,
+every path they name exists, they agree with one another and with the service, and the image's own
+command line serves from this virtual environment, without torch, until its health check passes."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+from deployfiles import (
+    DEPLOY,
+    DOCKERFILES,
+    ROOT,
+    SCRAPE_CONFIG,
+    dockerfile_instructions,
+    exec_form,
+    final_stage_by_keyword,
+    healthcheck,
+    image_command,
+    load_yaml,
+    option,
+)
+
+DOCKER = DEPLOY / "docker"
+COMPOSE = DOCKER / "compose.yaml"
+COMPOSE_GPU = DOCKER / "compose.gpu.yaml"
+
+
+@pytest.mark.parametrize("variant", DOCKERFILES)
+def test_image_runs_as_a_numeric_non_root_user(variant):
+    user = final_stage_by_keyword(variant)["USER"][-1]
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit(), "numeric, so Kubernetes can enforce runAsNonRoot"
+    assert int(uid) != 0
+    assert gid.isdigit()
+    assert int(gid) != 0
+
+
+@pytest.mark.parametrize("variant", DOCKERFILES)
+def test_image_installs_no_torch(variant):
+    text = DOCKERFILES[variant].read_text()
+    extras = re.findall(r"pip install[^\n]*'\.\[([a-z,]+)\]'", text)
+    assert extras, "the image installs the project with an extra"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = list(project["dependencies"])
+    for extra in extras[0].split(","):
+        requirements += project["optional-dependencies"][extra]
+    assert not [r for r in requirements if re.match(r"torch\b", r)]
+    copied = [args.split()[0] for keyword, args in dockerfile_instructions(DOCKERFILES[variant])
+              if keyword == "COPY" and not args.startswith("--")]
+    assert "training" not in copied
+
+
+def test_cuda_image_uses_onnxruntime_gpu_pinned_in_constraints():
+    assert "'.[gpu]'" in DOCKERFILES["cuda"].read_text()
+    assert "'.[cpu]'" in DOCKERFILES["cpu"].read_text()
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    assert "onnxruntime-gpu" in pins, "the CUDA image must be reproducible too"
+
+
+@pytest.mark.parametrize("variant", DOCKERFILES)
+def test_every_file_the_image_copies_exists_and_is_in_the_build_context(variant):
+    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    for keyword, arguments in dockerfile_instructions(DOCKERFILES[variant]):
+        if keyword != "COPY" or arguments.startswith("--from"):
+            continue
+        *sources, _ = arguments.split()
+        for source in sources:
+            assert (ROOT / source).exists(), f"{variant}: COPY {source}"
+            assert source not in ignored, f"{variant}: {source} is in .dockerignore"
+
+
+@pytest.mark.parametrize("variant", DOCKERFILES)
+def test_health_check_probes_readiness_on_the_port_the_service_listens_on(variant):
+    final = final_stage_by_keyword(variant)
+    command = image_command(variant)
+    (url,) = re.findall(r"https?://[^'\"]+", " ".join(healthcheck(variant)))
+    assert url == f"http://127.0.0.1:{option(command, '--port')}/v2/health/ready"
+    assert final["EXPOSE"] == [option(command, "--port")]
+    assert option(command, "--host") == "0.0.0.0"
+
+
+@pytest.mark.parametrize("variant", DOCKERFILES)
+def test_models_come_from_the_volume(variant):
+    volume = exec_form(final_stage_by_keyword(variant)["VOLUME"][-1])
+    assert volume == [option(image_command(variant), "--models")]
+
+
+def test_cpu_and_cuda_images_run_the_same_command():
+    assert image_command("cpu") == image_command("cuda")
+    assert healthcheck("cpu") == healthcheck("cuda")
+
+
+# --- compose ------------------------------------------------------------------------------------
+def _mount(volume: str) -> tuple[str, str]:
+    """(source, target) of a compose volume, ${VAR:-default} read as its default."""
+    source, target, *_ = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", volume).split(":")
+    return source, target
+
+
+def test_compose_has_the_service_prometheus_and_grafana():
+    services = load_yaml(COMPOSE)["services"]
+    assert set(services) == {"normalcy", "prometheus", "grafana"}
+
+
+@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_GPU], ids=lambda p: p.name)
+def test_every_path_the_compose_files_name_exists(path):
+    from service.cli import build_parser
+
+    demo_out = build_parser().parse_args(["demo"]).out
+    for name, service in load_yaml(path)["services"].items():
+        if "build" in service:
+            context = DOCKER / service["build"]["context"]
+            assert context.resolve() == ROOT
+            assert (context / service["build"]["dockerfile"]).is_file(), name
+        for volume in service.get("volumes", []):
+            source, _ = _mount(volume)
+            if not source.startswith("."):
+                continue  # a named volume
+            if name == "normalcy":
+                # `make demo` writes the bundles the stack serves by default.
+                assert (DOCKER / source).resolve() == (ROOT / demo_out).resolve()
+            else:
+                assert (DOCKER / source).exists(), f"{name}: {volume}"
+
+
+def test_compose_publishes_the_port_the_image_listens_on():
+    service = load_yaml(COMPOSE)["services"]["normalcy"]
+    port = option(image_command(), "--port")
+    assert f"{port}:{port}" in service["ports"]
+    models_dir = option(image_command(), "--models")
+    (models,) = [v for v in service["volumes"] if _mount(v)[1] == models_dir]
+    assert models.endswith(":ro"), "the service never writes its models"
+
+
+def test_compose_prometheus_loads_this_config_and_scrapes_the_service():
+    prometheus = load_yaml(COMPOSE)["services"]["prometheus"]
+    mounts = dict(_mount(volume) for volume in prometheus["volumes"])
+    assert (DOCKER / "../prometheus").resolve() == SCRAPE_CONFIG.parent
+    assert "--config.file=" + mounts["../prometheus"] + "/" + SCRAPE_CONFIG.name \
+        in prometheus["command"]
+    (job,) = [j for j in load_yaml(SCRAPE_CONFIG)["scrape_configs"] if j["job_name"] == "normalcy"]
+    (target,) = job["static_configs"][0]["targets"]
+    assert target == f"normalcy:{option(image_command(), '--port')}"
+
+
+def test_gpu_override_builds_the_cuda_image_and_reserves_a_gpu():
+    service = load_yaml(COMPOSE_GPU)["services"]["normalcy"]
+    assert service["build"]["dockerfile"] == "deploy/docker/Dockerfile.cuda"
+    (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia"
+    assert device["capabilities"] == ["gpu"]
+
+
+def test_compose_env_example_holds_only_real_settings():
+    from service.settings import Settings
+
+    lines = (DOCKER / "normalcy.env.example").read_text().splitlines()
+    values = dict(line.lstrip("# ").split("=", 1) for line in lines
+                  if re.match(r"#? ?NORMALCY_", line))
+    fields = {f"NORMALCY_{name.upper()}" for name in Settings.model_fields}
+    assert set(values) - fields == set()
+
+
+# --- the image's command, run here ----------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _local(argv: list[str], port: int, models: Path) -> list[str]:
+    """The image's command line for this machine: the venv's scripts, loopback, a free port."""
+    bin_dir = Path(sys.executable).parent
+    replace = {"0.0.0.0": "127.0.0.1", "8000": str(port), "/models": str(models)}
+    local = [replace.get(arg, arg) for arg in argv]
+    if (bin_dir / local[0]).exists():
+        local[0] = str(bin_dir / local[0])
+    return [re.sub(r"127\.0\.0\.1:8000", f"127.0.0.1:{port}", arg) for arg in local]
+
+
+def test_image_command_serves_without_torch_until_its_health_check_passes(vae_bundle, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "digits.onnx").write_bytes(Path(vae_bundle).read_bytes())
+    # The images carry no torch: make it unimportable here, as it is there.
+    blocker = tmp_path / "no-torch" / "torch"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('torch is not in the serving image')\n")
+    env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
+    port = _free_port()
+    command = _local(image_command(), port, models)
+    check = _local(healthcheck(), port, models)
+    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert server.poll() is None, f"{shlex.join(command)} exited:\n{server.stdout.read()}"
+            probe = subprocess.run(check, env=env, capture_output=True, timeout=30, check=False)
+            if probe.returncode == 0:
+                break
+            assert time.monotonic() < deadline, "the health check never passed"
+            time.sleep(0.5)
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=60)[0]
+    assert server.returncode == 0, output
+    assert "torch is not in the serving image" not in output
