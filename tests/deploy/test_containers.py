@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -197,7 +198,9 @@ def test_image_command_serves_without_torch_until_its_health_check_passes(vae_bu
     blocker = tmp_path / "no-torch" / "torch"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('torch is not in the serving image')\n")
-    env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NORMALCY_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(blocker.parent),
+                                                      env.get("PYTHONPATH")]))
     port = _free_port()
     command = _local(image_command(), port, models)
     check = _local(healthcheck(), port, models)
@@ -215,5 +218,7 @@ def test_image_command_serves_without_torch_until_its_health_check_passes(vae_bu
     finally:
         server.terminate()
         output = server.communicate(timeout=60)[0]
-    assert server.returncode == 0, output
+    # Uvicorn drains, then re-raises SIGTERM: what Docker and Kubernetes expect of a clean stop.
+    assert server.returncode in (0, -signal.SIGTERM), output
+    assert "Application shutdown complete" in output
     assert "torch is not in the serving image" not in output
