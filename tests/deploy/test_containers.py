@@ -16,7 +16,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from deployfiles import (
+
+from .deployfiles import (
     DEPLOY,
     DOCKERFILES,
     ROOT,

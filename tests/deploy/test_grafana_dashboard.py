@@ -9,7 +9,8 @@ import subprocess
 
 import pytest
 import yaml
-from deployfiles import (
+
+from .deployfiles import (
     DASHBOARD,
     DEPLOY,
     dashboard_targets,

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from deployfiles import (
+
+from .deployfiles import (
     DEPLOY,
     RULES,
     SCRAPE_CONFIG,

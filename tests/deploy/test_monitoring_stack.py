@@ -20,7 +20,8 @@ import httpx
 import numpy as np
 import pytest
 import yaml
-from deployfiles import (
+
+from .deployfiles import (
     RULES,
     SCRAPE_CONFIG,
     dashboard_targets,

@@ -7,7 +7,8 @@ import re
 import subprocess
 
 import pytest
-from deployfiles import (
+
+from .deployfiles import (
     ROOT,
     RULE_TESTS,
     RULES,
