@@ -20,6 +20,7 @@ from detectors import Detector
 from detectors.bundle import Bundle, write_bundle
 from detectors.calibration import benjamini_hochberg
 from service.batch import ScoreJob, run
+from service.batch_ray import MAX_TEMP_DIR_CHARS, ray_temp_dir
 from service.batch_results import read_results
 from service.cli import main
 
@@ -293,3 +294,12 @@ def test_batch_scoring_never_imports_torch():
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO,
                    env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_ray_temporary_directory_lies_in_the_work_area_and_fits_unix_sockets(tmp_path):
+    # Ray itself is not needed: this is where the engine tells it to put its files.
+    work = tmp_path / ("deeply-nested-work-area-" * 3) / "results.csv.work"
+    path, link = ray_temp_dir(work)
+    assert len(path) <= MAX_TEMP_DIR_CHARS
+    assert Path(os.path.realpath(path)) == (work / "ray").resolve()
+    link.unlink()
