@@ -68,7 +68,8 @@ def run_train(args) -> int:
                    train=train, background_rate=args.background_rate, alpha=args.alpha,
                    samples=args.samples, progress=not args.no_progress, resume=args.resume)
     _, summary = run(job)
-    print(json.dumps(summary, indent=2))
+    if summary is not None:  # None on the ranks other than 0 under torchrun
+        print(json.dumps(summary, indent=2))
     return 0
 
 
