@@ -11,17 +11,19 @@ append to the same journal, which makes every job resumable (see service.batch_r
 
 from __future__ import annotations
 
+import ctypes
 import json
 import multiprocessing
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from .batch_inputs import Chunk, InputSet, InputSpec, load_chunk
 from .batch_results import Journal, results_format, rows_from_batch, write_results
 
 ENGINES = ("local", "ray")
+PR_SET_PDEATHSIG = 1  # prctl option: a signal for this process when its parent dies
 OnBatch = Callable[[dict[str, np.ndarray]], None]
 
 
@@ -59,19 +62,26 @@ class ScoreJob:
     progress: bool = True
 
 
-def score_batch(detector: Detector, batch: dict[str, np.ndarray], score: str | None = None
-                ) -> dict[str, np.ndarray]:
+def score_batch(detector: Detector, batch: dict[str, np.ndarray], score: str | None = None, *,
+                pad_to: int | None = None) -> dict[str, np.ndarray]:
     """The one scoring function of both engines: {input, index, image, error} -> {input, index,
-    score, p_value, error}. Rows with an error are not scored; their score and p_value are NaN."""
+    score, p_value, error}. Rows with an error are not scored; their score and p_value are NaN.
+
+    With `pad_to`, smaller batches are padded with blank images (scored, then dropped): ONNX
+    Runtime then sees one batch shape, and its memory arena does not grow for each odd size."""
     errors = np.array([str(e) for e in batch["error"]], dtype=object)
     images = np.asarray(batch["image"])
     ok = errors == ""
+    n_ok = int(ok.sum())
     scores = np.full(len(errors), np.nan)
     p_values = np.full(len(errors), np.nan)
-    if ok.any():
+    if n_ok:
+        valid = images[ok]
+        if pad_to and n_ok < pad_to:
+            valid = np.concatenate([valid, np.zeros((pad_to - n_ok, *valid.shape[1:]), np.uint8)])
         try:
-            result = detector.score(images[ok], score=score)
-            scores[ok], p_values[ok] = result.scores, result.p_values
+            result = detector.score(valid, score=score)
+            scores[ok], p_values[ok] = result.scores[:n_ok], result.p_values[:n_ok]
         except InputError:
             # One image the model cannot score (a non-finite output) must not cost the batch.
             for i in np.flatnonzero(ok):
@@ -85,40 +95,56 @@ def score_batch(detector: Detector, batch: dict[str, np.ndarray], score: str | N
 
 
 # --- the local engine -----------------------------------------------------------------------------
-def _ignore_sigint() -> None:
+def _decoder_init(parent: int) -> None:
     # Ctrl-C reaches the whole process group; only the main process decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A main process killed with SIGKILL cannot stop its decoders: have the kernel do it (Linux).
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
-def _decoder_pool(workers: int) -> Executor:
+def _nothing() -> None:
+    pass
+
+
+def decoder_pool(workers: int) -> Executor:
+    """`workers` decoding processes (a thread for 0), started at once.
+
+    Call it before ONNX Runtime or tqdm start threads: the workers are forked (no second import of
+    everything, pages shared with this process), and forking a process whose other threads may hold
+    locks is what makes fork unsafe."""
     if workers <= 0:
         return ThreadPoolExecutor(1)
-    # forkserver: workers never inherit ONNX Runtime's threads, and import the decoders only once.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["service.batch_inputs"])
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_sigint)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_decoder_init, initargs=(os.getpid(),))
+    pool.submit(_nothing).result()  # with fork, the first task starts every worker
+    return pool
 
 
-def run_local(chunks: Iterator[Chunk], spec: InputSpec, detector: Detector, score: str,
-              workers: int, on_batch: OnBatch, should_stop: Callable[[], bool]) -> None:
-    """Decode chunks in `workers` processes while this process scores them, in input order."""
-    in_flight = 2 * max(workers, 1) + 1  # enough to keep decoders busy; bounds memory
+def run_local(pool: Executor, chunks: Iterator[Chunk], spec: InputSpec, detector: Detector,
+              score: str, batch_size: int, on_batch: OnBatch, should_stop: Callable[[], bool]
+              ) -> None:
+    """Decode chunks in `pool` while this process scores them, in input order."""
+    in_flight = 2 * getattr(pool, "_max_workers", 1) + 1  # keeps decoders busy; bounds memory
     pending: deque = deque()
-    with _decoder_pool(workers) as pool:
-        try:
-            for chunk in chunks:
-                pending.append(pool.submit(load_chunk, chunk, spec))
-                if len(pending) >= in_flight:
-                    on_batch(score_batch(detector, pending.popleft().result(), score))
-                    if should_stop():
-                        return
-            while pending:
-                on_batch(score_batch(detector, pending.popleft().result(), score))
+    try:
+        for chunk in chunks:
+            pending.append(pool.submit(load_chunk, chunk, spec))
+            if len(pending) >= in_flight:
+                decoded = pending.popleft().result()
+                on_batch(score_batch(detector, decoded, score, pad_to=batch_size))
                 if should_stop():
                     return
-        finally:
-            for future in pending:
-                future.cancel()
+        while pending:
+            decoded = pending.popleft().result()
+            on_batch(score_batch(detector, decoded, score, pad_to=batch_size))
+            if should_stop():
+                return
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 # --- the job --------------------------------------------------------------------------------------
@@ -224,35 +250,36 @@ def run(job: ScoreJob) -> dict:
         raise InputError(msg)
 
     journal = Journal(work / "journal.jsonl")
-    done, n_done = journal.open()
-    items = inputs.items() if not done else (item for item in inputs.items() if item not in done)
-    chunks = inputs.chunks(items, job.batch_size)
-    bar = tqdm(total=total, initial=n_done, unit="img", desc="scoring", disable=not job.progress,
-               smoothing=0.05, dynamic_ncols=True)
     counts = {"this_run": 0, "errors": 0}
     extra: dict = {}
-
-    def on_batch(batch: dict[str, np.ndarray]) -> None:
-        rows = rows_from_batch(batch)
-        journal.append(rows)
-        counts["this_run"] += len(rows)
-        counts["errors"] += sum(row["error"] is not None for row in rows)
-        bar.update(len(rows))
-        bar.set_postfix(errors=counts["errors"], refresh=False)
-
     stop = _Stop()
-    try:
-        with stop.installed():
-            if job.engine == "ray":
-                from .batch_ray import run_ray
+    with ExitStack() as stack:
+        # The decoders first: they are forked before ONNX Runtime and tqdm start threads.
+        pool = stack.enter_context(decoder_pool(job.workers)) if job.engine == "local" else None
+        done, n_done = journal.open()
+        stack.callback(journal.close)
+        items = inputs.items() if not done else (i for i in inputs.items() if i not in done)
+        chunks = inputs.chunks(items, job.batch_size)
+        bar = stack.enter_context(tqdm(total=total, initial=n_done, unit="img", desc="scoring",
+                                       disable=not job.progress, smoothing=0.05,
+                                       dynamic_ncols=True))
 
-                extra = run_ray(job, chunks, spec, bundle, score, work, on_batch, stop)
-            else:
-                detector = Detector(bundle, device=job.device)
-                run_local(chunks, spec, detector, score, job.workers, on_batch, stop)
-    finally:
-        bar.close()
-        journal.close()
+        def on_batch(batch: dict[str, np.ndarray]) -> None:
+            rows = rows_from_batch(batch)
+            journal.append(rows)
+            counts["this_run"] += len(rows)
+            counts["errors"] += sum(row["error"] is not None for row in rows)
+            bar.update(len(rows))
+            bar.set_postfix(errors=counts["errors"], refresh=False)
+
+        stack.enter_context(stop.installed())
+        if pool is None:
+            from .batch_ray import run_ray
+
+            extra = run_ray(job, chunks, spec, bundle, score, work, on_batch, stop)
+        else:
+            run_local(pool, chunks, spec, Detector(bundle, device=job.device), score,
+                      job.batch_size, on_batch, stop)
     complete = not stop.requested
     metadata = {**identity, "bundle_version": bundle.version, "alpha": alpha, "fdr": job.fdr}
     totals = write_results(journal, out, alpha=alpha, fdr=job.fdr, metadata=metadata)

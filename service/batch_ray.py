@@ -45,12 +45,13 @@ def load_lines(batch: dict[str, np.ndarray], spec: InputSpec) -> dict[str, np.nd
 class Scorer:
     """Ray actor: one ONNX Runtime session, scoring batches with the engines' shared function."""
 
-    def __init__(self, model_bytes: bytes, score: str, device: str):
+    def __init__(self, model_bytes: bytes, score: str, device: str, batch_size: int):
         self.detector = Detector(Bundle.from_bytes(model_bytes), device=device)
         self.score = score
+        self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return score_batch(self.detector, batch, self.score)
+        return score_batch(self.detector, batch, self.score, pad_to=self.batch_size)
 
 
 def write_listing(chunks: Iterator[Chunk], directory: Path) -> int:
@@ -129,7 +130,8 @@ def run_ray(job: ScoreJob, chunks: Iterator[Chunk], spec: InputSpec, bundle: Bun
             .map_batches(Scorer, batch_size=job.batch_size,
                          compute=ray.data.ActorPoolStrategy(size=actors),
                          fn_constructor_kwargs={"model_bytes": bundle.model_bytes,
-                                                "score": score, "device": job.device},
+                                                "score": score, "device": job.device,
+                                                "batch_size": job.batch_size},
                          num_gpus=1 if gpus else 0, num_cpus=1)
         )
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):

@@ -197,15 +197,29 @@ def wait_for_rows(journal: Path, process: subprocess.Popen, rows: int, timeout_s
     pytest.fail("the job wrote no results in time")
 
 
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has finished
+
+
 def test_a_job_killed_with_sigkill_resumes_and_scores_each_input_once(vae_bundle, big_inputs,
                                                                       tmp_path):
     out = tmp_path / "results.csv"
     journal = tmp_path / "results.csv.work" / "journal.jsonl"
     process = start_job(vae_bundle, big_inputs, out)
     wait_for_rows(journal, process, 40)
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    assert children  # the decoding process
     process.kill()  # SIGKILL: no chance to clean up
     process.wait()
     assert not out.exists()
+    deadline = time.monotonic() + 10
+    while any(running(int(pid)) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(running(int(pid)) for pid in children), "decoders outlived the killed job"
     done_before = journal.read_bytes().count(b"\n")
     assert 40 <= done_before < 6300
 
