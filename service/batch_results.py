@@ -76,18 +76,19 @@ class Journal:
         done: set[Item] = set()
         if self.path.exists():
             with open(self.path, "r+b") as f:
-                data = f.read()
-                end = data.rfind(b"\n") + 1
-                if end < len(data):
-                    f.truncate(end)
-            for number, line in enumerate(data[:end].splitlines(), 1):
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    msg = (f"{self.path}:{number}: corrupt journal line; "
-                           "delete the work area to start again")
-                    raise InputError(msg) from None
-                done.add((row["input"], NO_INDEX if row["index"] is None else row["index"]))
+                end = 0
+                for number, line in enumerate(f, 1):
+                    if not line.endswith(b"\n"):
+                        f.truncate(end)  # the torn line of a write that a kill interrupted
+                        break
+                    end += len(line)
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        msg = (f"{self.path}:{number}: corrupt journal line; "
+                               "delete the work area to start again")
+                        raise InputError(msg) from None
+                    done.add((row["input"], NO_INDEX if row["index"] is None else row["index"]))
         self._file = open(self.path, "a", encoding="utf-8")
         return done, len(done)
 
