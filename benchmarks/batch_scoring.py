@@ -1,6 +1,6 @@
 """Batch scoring: `normalcy score` end to end on folders of PNGs against the in-process ceiling.
 
-    python benchmarks/batch_scoring.py            # 10k and 100k PNGs (tens of minutes on 2 CPUs)
+    python benchmarks/batch_scoring.py            # 10k and 100k PNGs (mostly scoring the 100k)
     python benchmarks/batch_scoring.py --quick    # 1k and 4k PNGs, a tiny model: a few minutes
 
 It writes the PNGs (28x28 grey: MNIST test images when ../shared/datasets is there, else upscaled
