@@ -1,0 +1,71 @@
+"""FastAPI dependencies as `Annotated` aliases; tests swap them with `dependency_overrides`."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from .errors import ApiError
+from .metrics import Metrics
+from .models import ModelEntry, ModelRegistry
+from .settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+
+
+def get_model(name: str, registry: RegistryDep) -> ModelEntry:
+    return registry.get(name)
+
+
+ModelDep = Annotated[ModelEntry, Depends(get_model)]
+
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="ApiKey")
+_bearer = HTTPBearer(auto_error=False, scheme_name="Bearer")
+_admin_key = APIKeyHeader(name="X-Admin-Key", auto_error=False, scheme_name="AdminKey")
+
+
+def _same(given: str | None, expected: str) -> bool:
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def require_api_key(
+    settings: SettingsDep,
+    key: Annotated[str | None, Security(_api_key)] = None,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
+) -> None:
+    """Scoring needs the API key when one is set: `X-API-Key` or `Authorization: Bearer`."""
+    if settings.api_key is None:
+        return
+    expected = settings.api_key.get_secret_value()
+    if not (_same(key, expected) or _same(bearer.credentials if bearer else None, expected)):
+        msg = "missing or wrong API key; send it as X-API-Key or Authorization: Bearer"
+        raise ApiError(401, "unauthorized", msg, {"WWW-Authenticate": "Bearer"})
+
+
+def require_admin_key(
+    settings: SettingsDep, key: Annotated[str | None, Security(_admin_key)] = None
+) -> None:
+    """Admin endpoints are off without an admin key, and need it in X-Admin-Key when on."""
+    if settings.admin_key is None:
+        msg = "admin endpoints are off; set NORMALCY_ADMIN_KEY to turn them on"
+        raise ApiError(404, "admin_disabled", msg)
+    if not _same(key, settings.admin_key.get_secret_value()):
+        raise ApiError(401, "unauthorized", "missing or wrong admin key (X-Admin-Key header)")
