@@ -75,7 +75,7 @@ class MicroBatcher:
         self._depth = 0  # images queued, not yet taken into a batch
         self._wakeup = asyncio.Event()
         self._closing = False
-        self._in_flight: list[_Job] = []
+        self._in_flight: list[_Job] = []  # taken from the queue: forming or running
         # One thread: one batch in flight per model, the next one gathers meanwhile.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{name}")
@@ -131,20 +131,20 @@ class MicroBatcher:
 
     # --- the worker ------------------------------------------------------------------------
     def _take(self, batch: list[_Job], size: int) -> int:
+        """Move queued jobs into the forming batch while they fit; they still count as waiting."""
         while self._queue and size + len(self._queue[0].images) <= self.max_batch_size:
             job = self._queue.popleft()
-            self._depth -= len(job.images)
-            if not job.future.done():  # a cancelled request (client went away) costs nothing
-                batch.append(job)
-                size += len(job.images)
-        self._on_depth(self._depth)
+            if job.future.done():  # a cancelled request (client went away) costs nothing
+                self._depth -= len(job.images)
+                continue
+            batch.append(job)
+            size += len(job.images)
         return size
 
-    async def _gather(self) -> list[_Job]:
-        batch: list[_Job] = []
+    async def _gather(self, batch: list[_Job]) -> None:
         size = self._take(batch, 0)
         if not batch:
-            return batch
+            return
         deadline = batch[0].queued_at + self.max_wait_s
         while size < self.max_batch_size and not self._closing:
             remaining = deadline - time.monotonic()
@@ -156,21 +156,23 @@ class MicroBatcher:
             except TimeoutError:
                 break
             size = self._take(batch, size)
-        return batch
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             if not self._queue:
+                self._on_depth(self._depth)
                 if self._closing:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch = await self._gather()
+            batch = self._in_flight = []
+            await self._gather(batch)
+            self._depth -= sum(len(job.images) for job in batch)
+            self._on_depth(self._depth)
             if not batch:
                 continue
-            self._in_flight = batch
             try:
                 outcomes = await loop.run_in_executor(self._executor, self._infer_batch, batch)
             except Exception as error:  # the executor itself failed; keep serving
