@@ -279,9 +279,7 @@ def _input_tensor(tensor: dict, binary: bytes, model: ModelEntry, max_images: in
         array = np.frombuffer(binary, dtype=np.uint8)
     else:
         if binary:
-            _fail(
-                "binary data follows the JSON header but no input declares binary_data_size"
-            )
+            _fail("binary data follows the JSON header but no input declares binary_data_size")
         data = tensor.get("data")
         try:
             array = np.asarray(data)

@@ -74,7 +74,9 @@ class Settings(BaseSettings):
             )
             raise ValueError(msg)
         if self.drift_min_samples > self.drift_window:
-            msg = (f"drift_min_samples ({self.drift_min_samples}) exceeds drift_window "
-                   f"({self.drift_window})")
+            msg = (
+                f"drift_min_samples ({self.drift_min_samples}) exceeds drift_window "
+                f"({self.drift_window})"
+            )
             raise ValueError(msg)
         return self
