@@ -6,7 +6,6 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -81,10 +80,11 @@ async def score_images(
         max_pixels=settings.max_pixels,
         max_images=settings.max_images_per_request,
     )
-    parsed = await read_images(request, spec)
-    result, used = await registry.score(
-        model, parsed.images, score=score, alpha=alpha, heatmap=heatmap
-    )
+    with model.batcher.arriving() as arrival:  # the batcher may wait for this request
+        parsed = await read_images(request, spec)
+        result, used = await registry.score(
+            model, parsed.images, score=score, alpha=alpha, heatmap=heatmap, arrival=arrival
+        )
     return JSONResponse(score_answer(used, result, parsed.names))
 
 
@@ -122,11 +122,11 @@ async def read_images(request: Request, spec: ImageSpec) -> ParsedImages:
         raise ApiError(400, "empty_body", msg)
     if media == "multipart/form-data":
         files = await _multipart_files(request, spec)
-        return await run_in_threadpool(inputs.from_files, files, spec)
+        return await inputs.parse(len(body), inputs.from_files, files, spec)
     if media == "application/json":
-        return await run_in_threadpool(inputs.from_json, body, spec)
+        return await inputs.parse(len(body), inputs.from_json, body, spec)
     if media.startswith("image/") or media == "application/octet-stream":
-        array = await run_in_threadpool(inputs.decode, body, spec, "body")
+        array = await inputs.parse(len(body), inputs.decode, body, spec, "body")
         return ParsedImages(array[None], [None])
     msg = (
         f"Content-Type {media or '(none)'!r} is not accepted; use multipart/form-data, "

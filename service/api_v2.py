@@ -15,14 +15,13 @@ from typing import Annotated, NoReturn
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 import detectors
 
 from .deps import ModelDep, RegistryDep, SettingsDep, require_api_key
 from .errors import ApiError
-from .inputs import to_uint8
+from .inputs import parse, to_uint8
 from .models import ModelEntry
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
@@ -32,7 +31,7 @@ DEFAULT_OUTPUTS = ("score", "p_value", "is_anomaly")
 _NUMPY = {"FP64": np.float64, "FP32": np.float32, "BOOL": np.bool_}
 
 
-def get_model_version(version: str, model: ModelDep) -> ModelEntry:
+async def get_model_version(version: str, model: ModelDep) -> ModelEntry:
     if version != model.version:
         msg = f"model {model.name!r} serves version {model.version}, not {version!r}"
         raise ApiError(404, "unknown_version", msg)
@@ -130,20 +129,21 @@ async def _infer(request: Request, model: ModelEntry, registry, max_images: int)
         raise ApiError(
             415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not accepted"
         )
-    body = await request.body()
-    if not body:
-        raise ApiError(
-            400, "empty_body", "the request body is empty; expected a v2 inference request"
+    with model.batcher.arriving() as arrival:  # the batcher may wait for this request
+        body = await request.body()
+        if not body:
+            msg = "the request body is empty; expected a v2 inference request"
+            raise ApiError(400, "empty_body", msg)
+        header_length = request.headers.get("inference-header-content-length")
+        parsed = await parse(len(body), parse_request, body, header_length, model, max_images)
+        result, used = await registry.score(
+            model,
+            parsed["images"],
+            score=parsed["score"],
+            alpha=parsed["alpha"],
+            heatmap="heatmap" in parsed["outputs"],
+            arrival=arrival,
         )
-    header_length = request.headers.get("inference-header-content-length")
-    parsed = await run_in_threadpool(parse_request, body, header_length, model, max_images)
-    result, used = await registry.score(
-        model,
-        parsed["images"],
-        score=parsed["score"],
-        alpha=parsed["alpha"],
-        heatmap="heatmap" in parsed["outputs"],
-    )
     columns = {
         "score": result.scores,
         "p_value": result.p_values,

@@ -1,10 +1,13 @@
 """A micro-batcher: concurrent requests for one model share ONNX Runtime calls.
 
 Requests queue their images (split into chunks of at most `max_batch_size`); one worker task takes
-what is queued, waits at most `max_wait_ms` (counted from when the oldest image arrived) for more,
-and runs the batch in a thread so the event loop keeps accepting requests. While a batch runs the
-next one gathers, so batches grow with load. The queue is bounded in images: a full queue refuses
-new work at once (the caller answers 429) instead of growing memory. `close()` drains the queue.
+what is queued and runs it in a thread, so the event loop keeps accepting requests. While a batch
+runs the next one gathers, so batches grow with load. Before running a batch that is not full the
+worker waits for requests known to be on their way (announced with `arriving()` while their bodies
+are read and decoded), at most `max_wait_ms` after the oldest image arrived; with nothing on its
+way it runs at once, so a lone request pays no batching delay. The queue is bounded in images: a
+full queue refuses new work at once (the caller answers 429) instead of growing memory. `close()`
+drains the queue.
 """
 
 from __future__ import annotations
@@ -39,6 +42,27 @@ class _Job:
     key: Hashable
     future: asyncio.Future
     queued_at: float = field(default_factory=time.monotonic)
+
+
+class Arrival:
+    """A request on its way to the batcher; `settle()` when it submits or gives up."""
+
+    def __init__(self, batcher: MicroBatcher):
+        self._batcher = batcher
+        self._open = True
+        batcher._expected += 1
+
+    def settle(self) -> None:
+        if self._open:
+            self._open = False
+            self._batcher._expected -= 1
+            self._batcher._wakeup.set()  # a waiting batch may now run
+
+    def __enter__(self) -> Arrival:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.settle()
 
 
 @dataclass
@@ -76,6 +100,7 @@ class MicroBatcher:
         self._wakeup = asyncio.Event()
         self._closing = False
         self._in_flight: list[_Job] = []  # taken from the queue: forming or running
+        self._expected = 0  # requests announced by arriving() and not yet submitted
         # One thread: one batch in flight per model, the next one gathers meanwhile.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{name}")
@@ -84,8 +109,16 @@ class MicroBatcher:
     def depth(self) -> int:
         return self._depth
 
-    def submit(self, images: np.ndarray, key: Hashable = None) -> list[asyncio.Future]:
+    def arriving(self) -> Arrival:
+        """Announce a request whose images are still being read; use as a context manager."""
+        return Arrival(self)
+
+    def submit(
+        self, images: np.ndarray, key: Hashable = None, arrival: Arrival | None = None
+    ) -> list[asyncio.Future]:
         """Queue images (n, C, H, W); one future per chunk, resolving to its slice of outputs."""
+        if arrival is not None:
+            arrival.settle()
         if self._closing:
             msg = f"model {self.name!r} is shutting down"
             raise Rejected(msg, reason="shutting_down")
@@ -146,7 +179,7 @@ class MicroBatcher:
         if not batch:
             return
         deadline = batch[0].queued_at + self.max_wait_s
-        while size < self.max_batch_size and not self._closing:
+        while size < self.max_batch_size and not self._closing and self._expected > 0:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

@@ -1,4 +1,7 @@
-"""FastAPI dependencies as `Annotated` aliases; tests swap them with `dependency_overrides`."""
+"""FastAPI dependencies as `Annotated` aliases; tests swap them with `dependency_overrides`.
+
+All are `async def`: FastAPI runs plain `def` dependencies in a thread pool, a hop per request.
+"""
 
 from __future__ import annotations
 
@@ -14,15 +17,15 @@ from .models import ModelEntry, ModelRegistry
 from .settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
@@ -31,7 +34,7 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 
 
-def get_model(name: str, registry: RegistryDep) -> ModelEntry:
+async def get_model(name: str, registry: RegistryDep) -> ModelEntry:
     return registry.get(name)
 
 
@@ -46,7 +49,7 @@ def _same(given: str | None, expected: str) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
 
 
-def require_api_key(
+async def require_api_key(
     settings: SettingsDep,
     key: Annotated[str | None, Security(_api_key)] = None,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
@@ -60,7 +63,7 @@ def require_api_key(
         raise ApiError(401, "unauthorized", msg, {"WWW-Authenticate": "Bearer"})
 
 
-def require_admin_key(
+async def require_admin_key(
     settings: SettingsDep, key: Annotated[str | None, Security(_admin_key)] = None
 ) -> None:
     """Admin endpoints are off without an admin key, and need it in X-Admin-Key when on."""

@@ -19,11 +19,22 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+from starlette.concurrency import run_in_threadpool
 
 from detectors.errors import InputError
 from detectors.images import decode_image, pil_to_array
 
 from .errors import ApiError
+
+# Bodies below this parse on the event loop: a thread hop costs more than parsing a few images.
+INLINE_PARSE_BYTES = 64 * 1024
+
+
+async def parse(body_bytes: int, function, *args):
+    """Call a parser inline for small bodies, in a worker thread for large ones."""
+    if body_bytes < INLINE_PARSE_BYTES:
+        return function(*args)
+    return await run_in_threadpool(function, *args)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from detectors import Detector, ScoreResult
 from detectors.bundle import Bundle
 from detectors.drift import DriftMonitor
 
-from .batcher import BatchStats, MicroBatcher, Rejected
+from .batcher import Arrival, BatchStats, MicroBatcher, Rejected
 from .errors import ApiError
 from .metrics import Metrics
 from .settings import Settings
@@ -69,6 +69,7 @@ class ModelEntry:
         score: str | None = None,
         alpha: float | None = None,
         heatmap: bool = False,
+        arrival: Arrival | None = None,
     ) -> ScoreResult:
         """Score images through the micro-batcher; ApiError for what the caller got wrong, Rejected
         when the batcher cannot take the work."""
@@ -85,9 +86,8 @@ class ModelEntry:
                 400, "heatmap_unavailable", f"model {self.name!r} has no heat-map output"
             )
         batch = detector.check_images(images)
-        futures = self.batcher.submit(
-            batch, (name, heatmap)
-        )  # raises Rejected when it cannot queue
+        # Raises Rejected when the batcher cannot take the work.
+        futures = self.batcher.submit(batch, (name, heatmap), arrival)
         parts = await asyncio.gather(*futures)
         scores = np.concatenate([p["scores"] for p in parts])
         p_values = np.concatenate([p["p_values"] for p in parts])

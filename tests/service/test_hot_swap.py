@@ -102,16 +102,23 @@ async def _with_app(settings: Settings, body):
             return await body(app, client)
 
 
+# A request announced to the batcher but still "reading its body" makes a batch wait for it (up to
+# max_wait_ms): the tests use one to hold requests in the queue.
+
+
 def test_requests_in_flight_finish_on_the_old_model(model_dir, pixelcnn_bundle):
-    settings = Settings(models_dir=model_dir, watch_interval_s=0, max_wait_ms=500)
+    settings = Settings(models_dir=model_dir, watch_interval_s=0, max_wait_ms=1000)
 
     async def body(app, client):
-        old = app.state.registry.get("vae").version
+        old_entry = app.state.registry.get("vae")
+        old = old_entry.version
+        hold = old_entry.batcher.arriving()
         in_flight = asyncio.create_task(client.post("/v1/models/vae/score", json=IMAGE))
-        await asyncio.sleep(0.1)  # queued, waiting for companions
+        await asyncio.sleep(0.1)  # queued, waiting for the announced companion
         _replace(model_dir / "vae.onnx", pixelcnn_bundle.read_bytes())
         await app.state.registry.reload()
         after = await client.post("/v1/models/vae/score", json=IMAGE)
+        hold.settle()
         return old, (await in_flight).json()["version"], after.json()["version"]
 
     old, in_flight_version, after_version = asyncio.run(_with_app(settings, body))
@@ -123,16 +130,18 @@ def test_a_full_queue_answers_429_with_retry_after(model_dir):
     settings = Settings(
         models_dir=model_dir,
         watch_interval_s=0,
-        max_wait_ms=500,
+        max_wait_ms=1000,
         max_queue_images=2,
         max_images_per_request=2,
     )
     two = {"images": IMAGE["images"] * 2}
 
     async def body(app, client):
+        hold = app.state.registry.get("vae").batcher.arriving()
         first = asyncio.create_task(client.post("/v1/models/vae/score", json=two))
         await asyncio.sleep(0.1)  # two images wait in the queue: it is full
         shed = await client.post("/v1/models/vae/score", json=IMAGE)
+        hold.settle()
         other_model = await client.post("/v1/models/pixelcnn/score", json=IMAGE)
         metrics = (await client.get("/metrics")).text
         return (await first).status_code, shed, other_model.status_code, metrics
@@ -154,6 +163,7 @@ def test_shutdown_drains_requests_in_flight(model_dir):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
             async with app.router.lifespan_context(app):
+                app.state.registry.get("vae").batcher.arriving()  # never comes: the batch waits
                 pending = [
                     asyncio.create_task(client.post("/v1/models/vae/score", json=IMAGE))
                     for _ in range(5)
