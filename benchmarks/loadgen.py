@@ -41,10 +41,21 @@ class LoadResult:
         }
 
 
-def http_request(host: str, port: int, path: str, body: bytes, content_type: str,
-                 headers: dict[str, str] | None = None) -> bytes:
-    lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Type: {content_type}",
-             f"Content-Length: {len(body)}", "Connection: keep-alive"]
+def http_request(
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    content_type: str,
+    headers: dict[str, str] | None = None,
+) -> bytes:
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {host}:{port}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        "Connection: keep-alive",
+    ]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
@@ -78,8 +89,16 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
         await reader.readexactly(2)
 
 
-async def _worker(host: str, port: int, requests: list[bytes], offset: int, start: float,
-                  measure_from: float, stop_at: float, result: LoadResult) -> None:
+async def _worker(
+    host: str,
+    port: int,
+    requests: list[bytes],
+    offset: int,
+    start: float,
+    measure_from: float,
+    stop_at: float,
+    result: LoadResult,
+) -> None:
     reader = writer = None
     i = offset
     while time.perf_counter() < stop_at:
@@ -107,21 +126,25 @@ async def _worker(host: str, port: int, requests: list[bytes], offset: int, star
         writer.close()
 
 
-async def drive(host: str, port: int, requests: list[bytes], concurrency: int, seconds: float,
-                warmup_s: float) -> LoadResult:
-    """Run `concurrency` closed-loop connections for warmup_s + seconds; count the last `seconds`."""
+async def drive(
+    host: str, port: int, requests: list[bytes], concurrency: int, seconds: float, warmup_s: float
+) -> LoadResult:
+    """Run `concurrency` closed-loop connections for warmup_s + seconds; count the last seconds."""
     start = time.perf_counter()
     measure_from, stop_at = start + warmup_s, start + warmup_s + seconds
     result = LoadResult(concurrency, seconds, 0, 0)
-    await asyncio.gather(*(
-        _worker(host, port, requests, k * 7, start, measure_from, stop_at, result)
-        for k in range(concurrency)
-    ))
+    await asyncio.gather(
+        *(
+            _worker(host, port, requests, k * 7, start, measure_from, stop_at, result)
+            for k in range(concurrency)
+        )
+    )
     return result
 
 
-def run(host: str, port: int, requests: list[bytes], concurrency: int, seconds: float,
-        warmup_s: float) -> LoadResult:
+def run(
+    host: str, port: int, requests: list[bytes], concurrency: int, seconds: float, warmup_s: float
+) -> LoadResult:
     try:
         import uvloop
 

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import math
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from starlette.datastructures import UploadFile
+from starlette.datastructures import QueryParams, UploadFile
 from starlette.exceptions import HTTPException
 
 from detectors import ScoreResult
 
 from . import inputs
-from .deps import ModelDep, RegistryDep, SettingsDep, require_admin_key, require_api_key
+from .deps import ModelDep, RegistryDep, ScoringDep, require_admin_key
 from .errors import ApiError
 from .inputs import ImageSpec, ParsedImages
 from .models import ModelEntry
@@ -47,6 +47,55 @@ _BODY_DOC = {
 }
 
 
+# The query is parsed by hand: FastAPI's per-parameter validation costs more than the rest of a
+# small request. These entries document it in the OpenAPI schema.
+_QUERY_DOC = [
+    {
+        "name": "score",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "which of the bundle's scores (default: the bundle's default_score)",
+    },
+    {
+        "name": "alpha",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "description": "false-positive rate for the decision (default: the calibrated alpha)",
+    },
+    {
+        "name": "heatmap",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "boolean"},
+        "description": "add a per-pixel heat map (C, H, W) to each result",
+    },
+]
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def score_options(query: QueryParams) -> dict:
+    """score, alpha and heatmap from the query string, checked; unknown parameters are refused."""
+    unknown = sorted(set(query) - {"score", "alpha", "heatmap"})
+    if unknown:
+        msg = f"unknown query parameter(s) {unknown}; accepted: score, alpha, heatmap"
+        raise ApiError(400, "unknown_parameter", msg)
+    alpha = query.get("alpha")
+    if alpha is not None:
+        try:
+            alpha = float(alpha)
+        except ValueError:
+            alpha = math.nan
+        if not 0.0 < alpha < 1.0:
+            msg = f"alpha must be a number in (0, 1), got {query['alpha']!r}"
+            raise ApiError(400, "invalid_alpha", msg)
+    heatmap = query.get("heatmap", "false").lower()
+    if heatmap not in _TRUE + _FALSE:
+        raise ApiError(400, "invalid_request", f"heatmap must be true or false, got {heatmap!r}")
+    return {"score": query.get("score"), "alpha": alpha, "heatmap": heatmap in _TRUE}
+
+
 @router.get("/models", response_model=ModelList)
 async def list_models(registry: RegistryDep) -> dict:
     return {"models": [entry.describe() for _, entry in sorted(registry.entries.items())]}
@@ -62,19 +111,15 @@ async def model_metadata(model: ModelDep) -> dict:
     "/models/{name}/score",
     response_model=ScoreResponse,
     responses=ERRORS,
-    dependencies=[Depends(require_api_key)],
-    openapi_extra=_BODY_DOC,
+    openapi_extra={**_BODY_DOC, "parameters": _QUERY_DOC},
 )
-async def score_images(
-    request: Request,
-    model: ModelDep,
-    registry: RegistryDep,
-    settings: SettingsDep,
-    score: Annotated[str | None, Query(description="which of the bundle's scores")] = None,
-    alpha: Annotated[float | None, Query(gt=0, lt=1, description="false-positive rate")] = None,
-    heatmap: Annotated[bool, Query(description="add a per-pixel heat map (C, H, W)")] = False,
-) -> JSONResponse:
-    """Score one or more images: raw score, conformal p-value and decision for each."""
+async def score_images(request: Request, scoring: ScoringDep) -> JSONResponse:
+    """Score one or more images: raw score, conformal p-value and decision for each.
+
+    Needs `X-API-Key` (or `Authorization: Bearer`) when the server has an API key.
+    """
+    model, settings = scoring.model, scoring.settings
+    options = score_options(request.query_params)
     spec = ImageSpec.for_model(
         model.detector.metadata,
         max_pixels=settings.max_pixels,
@@ -82,8 +127,8 @@ async def score_images(
     )
     with model.batcher.arriving() as arrival:  # the batcher may wait for this request
         parsed = await read_images(request, spec)
-        result, used = await registry.score(
-            model, parsed.images, score=score, alpha=alpha, heatmap=heatmap, arrival=arrival
+        result, used = await scoring.registry.score(
+            model, parsed.images, **options, arrival=arrival
         )
     return JSONResponse(score_answer(used, result, parsed.names))
 

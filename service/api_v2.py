@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 
 import detectors
 
-from .deps import ModelDep, RegistryDep, SettingsDep, require_api_key
+from .deps import ModelDep, RegistryDep, Scoring, ScoringDep, get_scoring
 from .errors import ApiError
 from .inputs import parse, to_uint8
 from .models import ModelEntry
@@ -31,14 +31,25 @@ DEFAULT_OUTPUTS = ("score", "p_value", "is_anomaly")
 _NUMPY = {"FP64": np.float64, "FP32": np.float32, "BOOL": np.bool_}
 
 
-async def get_model_version(version: str, model: ModelDep) -> ModelEntry:
+def _check_version(model: ModelEntry, version: str) -> None:
     if version != model.version:
         msg = f"model {model.name!r} serves version {model.version}, not {version!r}"
         raise ApiError(404, "unknown_version", msg)
+
+
+async def get_model_version(version: str, model: ModelDep) -> ModelEntry:
+    _check_version(model, version)
     return model
 
 
+async def get_scoring_version(name: str, version: str, request: Request) -> Scoring:
+    scoring = await get_scoring(name, request)
+    _check_version(scoring.model, version)
+    return scoring
+
+
 VersionedModelDep = Annotated[ModelEntry, Depends(get_model_version)]
+VersionedScoringDep = Annotated[Scoring, Depends(get_scoring_version)]
 
 
 @router.get("")
@@ -109,21 +120,20 @@ async def model_version_ready(model: VersionedModelDep) -> dict:
     return {"name": model.name, "ready": True}
 
 
-@router.post("/models/{name}/infer", dependencies=[Depends(require_api_key)])
-async def infer(
-    request: Request, model: ModelDep, registry: RegistryDep, settings: SettingsDep
-) -> Response:
-    return await _infer(request, model, registry, settings.max_images_per_request)
+@router.post("/models/{name}/infer")
+async def infer(request: Request, scoring: ScoringDep) -> Response:
+    """Inference: needs `X-API-Key` (or `Authorization: Bearer`) when the server has an API key."""
+    return await _infer(request, scoring)
 
 
-@router.post("/models/{name}/versions/{version}/infer", dependencies=[Depends(require_api_key)])
-async def infer_version(
-    request: Request, model: VersionedModelDep, registry: RegistryDep, settings: SettingsDep
-) -> Response:
-    return await _infer(request, model, registry, settings.max_images_per_request)
+@router.post("/models/{name}/versions/{version}/infer")
+async def infer_version(request: Request, scoring: VersionedScoringDep) -> Response:
+    return await _infer(request, scoring)
 
 
-async def _infer(request: Request, model: ModelEntry, registry, max_images: int) -> Response:
+async def _infer(request: Request, scoring: Scoring) -> Response:
+    model, registry = scoring.model, scoring.registry
+    max_images = scoring.settings.max_images_per_request
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
         raise ApiError(

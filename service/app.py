@@ -55,6 +55,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI
         title="normalcy",
         version=detectors.__version__,
         lifespan=lifespan,
+        # Metrics are Prometheus (service/metrics.py); FastAPI's OpenTelemetry hooks stay off
+        # rather than cost a check on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         description="Anomaly scores from explicit density models (PixelCNN, VAE), "
         "calibrated as conformal p-values.",
     )

@@ -34,7 +34,7 @@ def test_scoring_shows_up_in_every_agreed_series(make_client):
     client = make_client(drift_min_samples=10, drift_window=50)
     images = np.random.default_rng(0).integers(0, 17, (12, 8, 8)).tolist()
     assert client.post("/v1/models/vae/score", json={"images": images}).status_code == 200
-    client.post("/v1/models/vae/score?alpha=7", json={"images": images})  # a 422
+    client.post("/v1/models/vae/score?alpha=7", json={"images": images})  # a 400
     text = client.get("/metrics").text
     for name in AGREED:
         assert re.search(rf"^{name}(_bucket|_count|_sum)?{{", text, re.MULTILINE), name
@@ -48,7 +48,7 @@ def test_scoring_shows_up_in_every_agreed_series(make_client):
     assert (
         _value(
             text,
-            'normalcy_requests_total{code="422",endpoint="/v1/models/{name}/score",model="vae"}',
+            'normalcy_requests_total{code="400",endpoint="/v1/models/{name}/score",model="vae"}',
         )
         == 1
     )
