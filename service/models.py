@@ -317,7 +317,9 @@ class ModelRegistry:
 
     def _open(self, bundle: Bundle) -> Detector:
         """In a thread: open the session and warm it up on the shapes it will see."""
-        detector = Detector(bundle, device=self.settings.device, threads=self.settings.threads)
+        detector = Detector(
+            bundle, device=self.settings.device, threads=self.settings.inference_threads
+        )
         if self.settings.warmup:
             channels, height, width = detector.input_shape
             for size in sorted({1, self.settings.max_batch_size}):
@@ -359,12 +361,13 @@ class ModelRegistry:
             capacity=s.max_queue_images,
         )
         log.info(
-            "serving model %r version %s (%s) from %s on %s%s",
+            "serving model %r version %s (%s) from %s on %s, %d thread(s)%s",
             name,
             entry.version,
             detector.kind,
             path,
             detector.provider,
+            s.inference_threads,
             f", replacing {old.version}" if old else "",
         )
         if old is not None:

@@ -3,6 +3,7 @@ checked at start-up so a bad value stops the service instead of surfacing at the
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import DirectoryPath, Field, SecretStr, field_validator, model_validator
@@ -20,7 +21,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(None, ge=1, le=256, description="ONNX Runtime intra-op threads")
+    threads: int | None = Field(
+        None, ge=1, le=256, description="ONNX Runtime intra-op threads (default: all CPUs but one)"
+    )
 
     # Micro-batching and back-pressure.
     max_batch_size: int = Field(64, ge=1, le=4096, description="images per ONNX Runtime call")
@@ -64,6 +67,14 @@ class Settings(BaseSettings):
             msg = "keys must be at least 8 characters"
             raise ValueError(msg)
         return value
+
+    @property
+    def inference_threads(self) -> int:
+        """ONNX Runtime threads per model: by default every CPU but one, which the event loop needs
+        (parsing and answering requests); measured faster than ONNX Runtime's all-cores default."""
+        if self.threads is not None:
+            return self.threads
+        return max(1, len(os.sched_getaffinity(0)) - 1)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
