@@ -96,7 +96,7 @@ class MicroBatcher:
         self._on_inference = on_inference or (lambda stats: None)
         self._on_depth = on_depth or (lambda depth: None)
         self._queue: deque[_Job] = deque()
-        self._depth = 0  # images queued, not yet taken into a batch
+        self._depth = 0  # images waiting: queued, or in the batch that is forming
         self._wakeup = asyncio.Event()
         self._closing = False
         self._in_flight: list[_Job] = []  # taken from the queue: forming or running
@@ -189,6 +189,8 @@ class MicroBatcher:
             except TimeoutError:
                 break
             size = self._take(batch, size)
+            if self._queue:  # the next job does not fit: this batch is as full as it gets
+                break
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -100,6 +100,22 @@ CASES = [
         "unknown_score",
     ),
     (
+        "unknown query parameter",
+        "post",
+        "/v1/models/vae/score?alhpa=0.1",
+        lambda png: {"json": {"images": [_grey()]}},
+        400,
+        "unknown_parameter",
+    ),
+    (
+        "heatmap neither true nor false",
+        "post",
+        "/v1/models/vae/score?heatmap=maybe",
+        lambda png: {"json": {"images": [_grey()]}},
+        400,
+        "invalid_request",
+    ),
+    (
         "alpha zero",
         "post",
         "/v1/models/vae/score?alpha=0",
@@ -511,3 +527,18 @@ def test_refused_size_conversion_says_why(tmp_path, vae_bundle, png):
             ).status_code
             == 200
         )
+
+
+def test_a_heat_map_is_refused_when_the_bundle_has_none(tmp_path, vae_bundle):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    bundle = Bundle.read(vae_bundle)
+    write_bundle(bundle.model_bytes, {**bundle.metadata, "heatmap": None}, tmp_path / "flat.onnx")
+    with TestClient(create_app(Settings(models_dir=tmp_path, watch_interval_s=0))) as client:
+        answer = client.post("/v1/models/flat/score?heatmap=true", json={"images": [_grey()]})
+        assert answer.status_code == 400
+        assert answer.json()["error"]["code"] == "heatmap_unavailable"
+        assert client.post("/v1/models/flat/score", json={"images": [_grey()]}).status_code == 200

@@ -168,3 +168,50 @@ def test_nonsense_limits_are_refused(bad):
 
     with pytest.raises(ValueError, match="must be"):
         run(main())
+
+
+def test_a_batch_waits_for_requests_on_their_way():
+    model = FakeModel()
+
+    async def main():
+        batcher = MicroBatcher(model, max_batch_size=64, max_wait_ms=5000, capacity=100)
+        arrival = batcher.arriving()  # a request still reading its body
+        first = batcher.submit(images(1))
+        await asyncio.sleep(0.05)
+        assert not first[0].done()  # held for the announced request
+        second = batcher.submit(images(2), arrival=arrival)
+        await asyncio.gather(*first, *second)
+        await batcher.close()
+
+    run(main())
+    assert model.batches == [3]
+
+
+def test_a_lone_request_does_not_wait_for_max_wait():
+    model = FakeModel()
+
+    async def main():
+        batcher = MicroBatcher(model, max_batch_size=64, max_wait_ms=60_000, capacity=100)
+        with batcher.arriving() as arrival:  # announced, then read and submitted
+            futures = batcher.submit(images(1), arrival=arrival)
+        await asyncio.wait_for(asyncio.gather(*futures), 10)  # far less than max_wait
+        await batcher.close()
+
+    run(main())
+    assert model.batches == [1]
+
+
+def test_a_request_that_gives_up_releases_the_waiting_batch():
+    model = FakeModel()
+
+    async def main():
+        batcher = MicroBatcher(model, max_batch_size=64, max_wait_ms=60_000, capacity=100)
+        arrival = batcher.arriving()
+        futures = batcher.submit(images(1))
+        await asyncio.sleep(0.05)
+        arrival.settle()  # e.g. its body was not an image: it never submits
+        await asyncio.wait_for(asyncio.gather(*futures), 10)
+        await batcher.close()
+
+    run(main())
+    assert model.batches == [1]

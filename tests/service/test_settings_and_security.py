@@ -96,3 +96,11 @@ def test_admin_endpoints_need_the_admin_key(make_client):
     answer = client.post("/v1/admin/reload", headers={"X-Admin-Key": "admin-admin"})
     assert answer.status_code == 200
     assert sorted(answer.json()["unchanged"]) == ["pixelcnn", "vae"]
+
+
+def test_onnx_runtime_leaves_one_cpu_to_the_event_loop(tmp_path):
+    import os
+
+    cpus = len(os.sched_getaffinity(0))
+    assert Settings(models_dir=tmp_path).inference_threads == max(1, cpus - 1)
+    assert Settings(models_dir=tmp_path, threads=3).inference_threads == 3
