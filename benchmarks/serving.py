@@ -106,7 +106,7 @@ def bundles(args) -> dict[str, Path]:
     folder = WORK / ("bundles-quick" if args.quick else "bundles")
     folder.mkdir(parents=True, exist_ok=True)
     found = {}
-    for kind in KINDS:
+    for kind in args.models:
         path = Path(given[kind]) if kind in given else folder / f"{kind}.onnx"
         found[kind] = path if path.exists() else make_bundle(kind, path, args.quick)
     return found
@@ -334,27 +334,48 @@ def run_bentoml(kind: str, bundle: Path, images: np.ndarray, args) -> dict:
 
 
 def run_in_process(bundle: Path, args) -> dict:
-    command = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--in-process",
-        str(bundle),
-        "--device",
-        args.device,
-        "--seconds",
-        str(args.seconds),
-        "--concurrency",
-        *map(str, args.concurrency),
-    ] + (["--quick"] if args.quick else [])
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(out)
+    """(c) in its own process, with ONNX Runtime's default threads and with the service's
+    default (all CPUs but one); the ceiling at each batch size is the faster of the two."""
+    service_threads = max(1, len(os.sched_getaffinity(0)) - 1)
+    variants = {}
+    for label, threads in (
+        ("ort_default_threads", 0),
+        (f"{service_threads}_threads", service_threads),
+    ):
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--in-process",
+            str(bundle),
+            "--threads",
+            str(threads),
+            "--device",
+            args.device,
+            "--seconds",
+            str(args.seconds),
+            "--concurrency",
+            *map(str, args.concurrency),
+        ]
+        command += ["--quick"] if args.quick else []
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        variants[label] = json.loads(out)
+    best = []
+    for i in range(len(args.concurrency)):
+        label, run = max(variants.items(), key=lambda item: item[1]["points"][i]["images_per_s"])
+        best.append({**run["points"][i], "threads": label})
+    return {
+        "points": best,
+        "variants": variants,
+        "provider": run["provider"],
+        "peak_rss_mib": max(v["peak_rss_mib"] or 0 for v in variants.values()),
+    }
 
 
 def in_process(bundle: Path, args) -> dict:
     """(c): Detector.score on batches of size = concurrency, timed call by call."""
     from detectors import Detector
 
-    detector = Detector.load(bundle, device=args.device)
+    detector = Detector.load(bundle, device=args.device, threads=args.threads or None)
     images = request_images(bundle, args.quick)
     points = []
     for batch_size in args.concurrency:
@@ -470,8 +491,13 @@ def markdown(results: dict) -> str:
                 continue
             for point in runs[key]["points"]:
                 p50, p99 = point.get("p50_ms"), point.get("p99_ms")
+                shown = (
+                    f"{label}, {point['threads'].replace('_', ' ')}"
+                    if "threads" in point
+                    else label
+                )
                 lines.append(
-                    f"| {label} | {point['concurrency']} | {point['images_per_s']:.0f} | "
+                    f"| {shown} | {point['concurrency']} | {point['images_per_s']:.0f} | "
                     f"{p50 and round(p50, 2)} | {p99 and round(p99, 2)} | "
                     f"{runs[key].get('peak_rss_mib')} |"
                 )
@@ -497,6 +523,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny bundles, short points")
     parser.add_argument("--bundle", action="append", default=[], help="KIND=PATH (vae, pixelcnn)")
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+    parser.add_argument("--models", nargs="+", choices=KINDS, default=list(KINDS))
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--seconds", type=float, help="measured seconds per point (15; quick 2)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds per point (3; quick 0.5)")
@@ -505,6 +532,7 @@ def main() -> int:
         "--peak-tflops", type=float, help="the device's arithmetic peak, for GPU runs"
     )
     parser.add_argument("--in-process", metavar="BUNDLE", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.seconds = args.seconds or (2.0 if args.quick else 15.0)
     args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 3.0)
