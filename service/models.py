@@ -266,6 +266,9 @@ class ModelRegistry:
         on files unchanged since the previous poll, so a half-copied file is not read."""
         async with self._lock:
             report = ReloadReport()
+            if not self.folder.is_dir():  # unmounted or moved: keep serving what is loaded
+                log.warning("model folder %s is missing; keeping the models loaded", self.folder)
+                return report
             found = self._scan()
             seen_before, self._last_poll = (
                 self._last_poll,

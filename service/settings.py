@@ -74,7 +74,9 @@ class Settings(BaseSettings):
         (parsing and answering requests); measured faster than ONNX Runtime's all-cores default."""
         if self.threads is not None:
             return self.threads
-        return max(1, len(os.sched_getaffinity(0)) - 1)
+        affinity = getattr(os, "sched_getaffinity", None)  # Linux: respects CPU pinning
+        cpus = len(affinity(0)) if affinity else (os.cpu_count() or 1)
+        return max(1, cpus - 1)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -178,3 +178,10 @@ def test_shutdown_drains_requests_in_flight(model_dir):
     assert statuses == [200] * 5
     assert late.status_code == 503
     assert late.json()["error"]["code"] == "shutting_down"
+
+
+def test_a_vanished_model_folder_does_not_unload_the_models(make_client, model_dir):
+    client = make_client(admin_key="admin-admin")
+    shutil.rmtree(model_dir)
+    assert client.post("/v1/admin/reload", headers=ADMIN).json()["removed"] == []
+    assert client.post("/v1/models/vae/score", json=IMAGE).status_code == 200
