@@ -26,8 +26,7 @@ def score_all(session: OnnxSession, images: np.ndarray, *, batch_size: int = 256
         for name in names:
             parts[name].append(values[name])
         if bits_map is not None:
-            bits_map = bits_map.astype(np.float64)
-            batch_moments = np.stack([bits_map.sum(0), (bits_map ** 2).sum(0)])
+            batch_moments = map_moments(bits_map)
             moments = batch_moments if moments is None else moments + batch_moments
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}, moments
 
@@ -40,22 +39,45 @@ def calibrated_metadata(bundle: Bundle, images, *, alpha: float | None = None, s
     session = OnnxSession(bundle, device=device)
     has_map = bool(bundle.metadata.get("heatmap"))
     scores, moments = score_all(session, images, batch_size=batch_size, with_map=has_map)
-    meta = copy.deepcopy(bundle.metadata)
-    for name, values in scores.items():
+    return metadata_with_reference(bundle.metadata, scores, moments=moments, alpha=alpha, source=source)
+
+
+def map_moments(bits_map: np.ndarray) -> np.ndarray:
+    """Per-pixel sum and sum of squares of maps (B, C, H, W), stacked as (2, C, H, W)."""
+    bits_map = np.asarray(bits_map, dtype=np.float64)
+    return np.stack([bits_map.sum(0), (bits_map ** 2).sum(0)])
+
+
+def metadata_with_reference(metadata: dict, scores: dict[str, np.ndarray], *,
+                            moments: np.ndarray | None = None, alpha: float | None = None,
+                            source: str | None = None) -> dict:
+    """A copy of `metadata` whose references are the given scores of held-out normal images (one
+    array per score the bundle offers) and whose heat-map statistics come from `moments` (the
+    maps' per-pixel sum and sum of squares over the same images). Arrays in, JSON out."""
+    meta = copy.deepcopy(metadata)
+    missing = set(meta["scores"]) - set(scores)
+    if missing:
+        msg = f"no calibration scores for {sorted(missing)}"
+        raise InputError(msg)
+    sizes = {len(np.atleast_1d(scores[name])) for name in meta["scores"]}
+    if len(sizes) != 1:
+        msg = f"calibration scores of different lengths {sorted(sizes)}"
+        raise InputError(msg)
+    n = sizes.pop()
+    for name in meta["scores"]:
         try:
-            meta["scores"][name]["reference"] = reference_from_scores(values).tolist()
+            meta["scores"][name]["reference"] = reference_from_scores(scores[name]).tolist()
         except InputError as error:
             msg = f"score {name!r} on the calibration images: {error}"
             raise InputError(msg) from None
-    if moments is not None:
-        n = len(images)
+    if moments is not None and meta.get("heatmap"):
         mean = moments[0] / n
         std = np.sqrt(np.maximum(moments[1] / n - mean ** 2, 0.0))
         meta["heatmap"]["mean"] = mean.ravel().round(5).tolist()
         meta["heatmap"]["std"] = std.ravel().round(5).tolist()
     calibration = meta["calibration"]
     calibration["alpha"] = check_alpha(calibration["alpha"] if alpha is None else alpha)
-    calibration["n_reference"] = len(images)
+    calibration["n_reference"] = n
     if source is not None:
         calibration["data"] = source
     return meta

@@ -129,10 +129,15 @@ def fit(kind: str, model_config: dict, splits: Splits, cfg: TrainConfig, *,
     total_steps = max(1, cfg.epochs * steps_per_epoch)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
+    started = time.monotonic()
+
     def schedule(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
         progress_fraction = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        if cfg.max_minutes:  # under a wall-clock budget the decay ends when the budget does
+            progress_fraction = max(progress_fraction,
+                                    min(1.0, (time.monotonic() - started) / (60 * cfg.max_minutes)))
         return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress_fraction))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -148,7 +153,6 @@ def fit(kind: str, model_config: dict, splits: Splits, cfg: TrainConfig, *,
 
     use_amp = device.type == "cuda"
     generator = torch.Generator().manual_seed(cfg.seed + 1)
-    started = time.monotonic()
     stopped = "epochs"
     while state["epoch"] < cfg.epochs and stopped == "epochs":
         model.train()
