@@ -207,7 +207,7 @@ def run_item(item: Item) -> dict:
         perturb_rate=settings["background_rate"] if background else 0.0,
         weight_decay=1e-4 if background else 0.0,
         warmup_steps=settings["warmup_steps"],
-        **TRAIN[item.unit.kind],
+        **{**TRAIN[item.unit.kind], **settings["train_overrides"]},
     )
     model, result = fit(
         item.unit.kind, item.model, splits, train, checkpoint=item.checkpoint, progress=False
@@ -365,9 +365,10 @@ def calibration_report(reference: np.ndarray, normal: np.ndarray) -> dict:
                 "reference_too_small": level < 1,
             }
         )
-    ks = ks_uniform(p_values)
+    ks = ks_uniform(p_values, reference_size=n)
     ks2 = stats.ks_2samp(normal, reference)
     return {"n_reference": n, "rows": rows, "ks_statistic": ks.statistic, "ks_p_value": ks.p_value,
+            "ks_one_sample_p_value": ks_uniform(p_values).p_value,
             "ks2_statistic": float(ks2.statistic), "ks2_p_value": float(ks2.pvalue)}
 
 
@@ -637,6 +638,7 @@ def main(argv=None) -> int:
         "background_rate": args.background_rate,
         "patience": 5,
         "warmup_steps": 5 if args.quick else 50,
+        "train_overrides": {"batch_size": 32} if args.quick else {},
         "max_train": 3000 if args.quick else None,
         "max_test": 600 if args.quick else None,
         "calibration_fraction": {"pair": 0.1, "oneclass": 0.2},

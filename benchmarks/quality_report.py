@@ -108,10 +108,11 @@ def _calibration_section(pair: list[dict], oneclass: list[dict]) -> list[str]:
     lines = ["## 3. Calibration on held-out normal test images", "",
              "FPR: share of normal test images with p <= alpha. Binomial: the 95% interval of the "
              "rate measured on this many test images if the true rate were alpha. Conformal: the "
-             "exact 95% interval when the reference is finite too (beta-binomial). KS: one-sample "
-             "test of the p-values against uniform (too strict when the test set is not small "
-             "beside the reference, since all p-values share one reference); KS2: two-sample test "
-             "of the test scores against the reference (exact under exchangeability).", "",
+             "exact 95% interval when the reference is finite too (beta-binomial). KS p: the "
+             "p-values against uniform, with the effective size m n / (m + n) since all share one "
+             "reference "
+             "of n (`ks_uniform(..., reference_size=n)`); KS2 p: scipy's two-sample test of the "
+             "test scores against the reference. Both should be uniform when nothing drifted.", "",
              "| model | score | n_ref | alpha | FPR | binomial 95% | conformal 95% | KS p "
              "| KS2 p |",
              "|---|---|---:|---:|---:|---|---|---:|---:|"]

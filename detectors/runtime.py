@@ -117,7 +117,8 @@ def vae_noise(noise: dict, batch: int) -> np.ndarray:
 
     The same draw for every image, so an image's score does not depend on its batch.
     """
-    draw = np.random.default_rng(noise["seed"]).standard_normal((noise["samples"], noise["latent_dim"]))
+    shape = (noise["samples"], noise["latent_dim"])
+    draw = np.random.default_rng(noise["seed"]).standard_normal(shape)
     return np.ascontiguousarray(np.broadcast_to(draw, (batch, *draw.shape)), dtype=np.float32)
 
 
