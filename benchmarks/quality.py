@@ -46,7 +46,10 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from quality_report import ALPHAS, DATASETS, markdown, summarize
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from benchmarks.quality_report import ALPHAS, DATASETS, markdown, summarize  # noqa: E402
 
 PAIR_NORMAL, PAIR_ANOMALOUS = "fashion-mnist", "mnist"
 MODELS = {
