@@ -188,6 +188,20 @@ def torch_outputs(
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}, moments
 
 
+def save_weights(path: str, kind: str, model_config: dict, train, model, result) -> None:
+    """A checkpoint `training.train.model_from_checkpoint` rebuilds the model from (no optimizer
+    state, so it does not resume)."""
+    import torch
+
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"kind": kind, "model_config": dict(model_config), "train_config": asdict(train),
+               "best_state_dict": weights, "epoch": result.epochs, "history": result.history,
+               "best_val": result.best_validation_bits_per_dim, "stopped": result.stopped}
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
 def run_item(item: Item) -> dict:
     """Train one model under its budget; with the torch scorer, also score the unit's sets."""
     import torch
@@ -212,9 +226,11 @@ def run_item(item: Item) -> dict:
         warmup_steps=settings["warmup_steps"],
         **{**TRAIN[item.unit.kind], **settings["train_overrides"]},
     )
-    model, result = fit(
-        item.unit.kind, item.model, splits, train, checkpoint=item.checkpoint, progress=False
-    )
+    # No per-epoch checkpoints (tens of MB each with the optimizer state): the model is saved
+    # once, weights only, where the main process or the user needs it.
+    model, result = fit(item.unit.kind, item.model, splits, train, checkpoint=None, progress=False)
+    if settings["scorer"] == "onnx" or item.unit.protocol == "pair":
+        save_weights(item.checkpoint, item.unit.kind, item.model, train, model, result)
     info = {
         "key": item.unit.key,
         "role": item.role,
@@ -247,9 +263,12 @@ def warm_worker(device: str, threads: int) -> None:
 
     torch.set_num_threads(threads)
     if device == "cuda":
-        x = torch.zeros(8, 4, 28, 28, device=device)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            torch.nn.functional.conv2d(x, torch.zeros(8, 4, 3, 3, device=device)).sum().item()
+        try:
+            x = torch.zeros(8, 4, 28, 28, device=device)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                torch.nn.functional.conv2d(x, torch.zeros(8, 4, 3, 3, device=device)).sum().item()
+        except Exception as error:  # the item itself will report what is wrong
+            print(f"worker warm-up failed: {error}", file=sys.stderr, flush=True)
 
 
 def run_item_safely(item: Item) -> dict:
@@ -375,6 +394,48 @@ def calibration_report(reference: np.ndarray, normal: np.ndarray) -> dict:
             "ks2_statistic": float(ks2.statistic), "ks2_p_value": float(ks2.pvalue)}
 
 
+RULES = (("fpr", 0.01), ("fpr", 0.05), ("recall", 0.95), ("f1", None))
+
+
+def labelled_report(normal: np.ndarray, anomalous: np.ndarray, seed: int) -> dict:
+    """With half of the labelled test scores: each threshold rule and P(anomaly) map, fitted on
+    that half and measured on the other (the estimators of detectors/estimator.py)."""
+    from detectors.estimator import LabelledThresholdDetector
+
+    rng = np.random.default_rng(seed)
+    s = np.r_[normal, anomalous]
+    y = np.r_[np.zeros(len(normal), int), np.ones(len(anomalous), int)]
+    fit_half = np.zeros(len(s), bool)
+    fit_half[rng.permutation(len(s))[: len(s) // 2]] = True
+    held_s, held_y = s[~fit_half], y[~fit_half]
+    rules = []
+    for rule, target in RULES:
+        detector = LabelledThresholdDetector(rule=rule, target=target, probability=None)
+        choice = detector.fit(s[fit_half], y[fit_half]).choice_
+        flagged = detector.predict(held_s) == -1
+        tp, fp = int(np.sum(flagged & (held_y == 1))), int(np.sum(flagged & (held_y == 0)))
+        recall = tp / max(1, int(np.sum(held_y == 1)))
+        precision = tp / (tp + fp) if tp + fp else 1.0
+        rules.append({
+            "rule": rule, "target": target, "threshold": choice.threshold,
+            "fit": {"fpr": choice.fpr, "recall": choice.recall, "f1": choice.f1},
+            "held_out": {"fpr": fp / max(1, int(np.sum(held_y == 0))), "recall": recall,
+                         "f1": 2 * precision * recall / (precision + recall) if tp else 0.0},
+        })
+    maps = []
+    for method in ("isotonic", "logistic"):
+        detector = LabelledThresholdDetector(rule="f1", probability=method).fit(s[fit_half],
+                                                                               y[fit_half])
+        p = detector.predict_proba(held_s)[:, 1]
+        bins = np.minimum((p * 10).astype(int), 9)
+        ece = sum(abs(p[bins == b].mean() - held_y[bins == b].mean()) * np.mean(bins == b)
+                  for b in range(10) if np.any(bins == b))
+        maps.append({"method": method, "brier": float(np.mean((p - held_y) ** 2)),
+                     "ece": float(ece)})
+    return {"n_fit": int(fit_half.sum()), "n_held_out": int((~fit_half).sum()), "rules": rules,
+            "probability": maps}
+
+
 def finish_unit(
     unit: Unit, infos: dict[str, dict], settings: dict, codes: CodeLengths, out: Path
 ) -> dict:
@@ -460,6 +521,10 @@ def finish_unit(
         metrics = detection_metrics(normal[name], anomalous[name])
         metrics["calibration"] = calibration_report(scores["calibration"][name], normal[name])
         record["scores"][name] = metrics
+    if unit.protocol == "pair":
+        record["labelled"] = {
+            name: labelled_report(normal[name], anomalous[name], settings["seed"]) for name in names
+        }
     record["n_normal"] = len(next(iter(normal.values())))
     record["n_anomalous"] = len(next(iter(anomalous.values())))
     record["normal_bits_per_dim"] = float(
@@ -752,7 +817,14 @@ def main(argv=None) -> int:
                 for future in done:
                     if future.cancelled():
                         continue
-                    collect(future.result())
+                    try:
+                        info = future.result()
+                    except Exception as error:  # a worker died (out of memory, a broken pool)
+                        item = futures[future]
+                        info = {"key": item.unit.key, "role": item.role,
+                                "error": f"{type(error).__name__}: {error}",
+                                "traceback": traceback.format_exc()}
+                    collect(info)
                 if time.monotonic() - started > deadline:
                     for future in list(remaining):
                         if future.cancel():

@@ -64,6 +64,21 @@ def _pair_section(pair: list[dict]) -> list[str]:
             mark = " (default)" if name == r["default_score"] else ""
             lines.append(f"| {r['unit']['kind']} | {name}{mark} | {m['auroc']:.4f} | "
                          f"{m['auprc']:.4f} | {m['fpr_at_95_tpr']:.4f} |")
+    lines += ["", "With labelled anomalies (default score; rule fitted on half of the test scores, "
+              "measured on the other half; `LabelledThresholdDetector`):", "",
+              "| model | rule | target | FPR fit / held out | recall fit / held out "
+              "| F1 fit / held out |", "|---|---|---:|---|---|---|"]
+    for r in pair:
+        report = r.get("labelled", {}).get(r["default_score"])
+        for row in (report or {}).get("rules", []):
+            fit, held = row["fit"], row["held_out"]
+            lines.append(f"| {r['unit']['kind']} | {row['rule']} | {row['target'] or '-'} "
+                         f"| {fit['fpr']:.4f} / {held['fpr']:.4f} "
+                         f"| {fit['recall']:.4f} / {held['recall']:.4f} "
+                         f"| {fit['f1']:.4f} / {held['f1']:.4f} |")
+        for row in (report or {}).get("probability", []):
+            lines.append(f"| {r['unit']['kind']} | P(anomaly) by {row['method']} | - "
+                         f"| Brier {row['brier']:.4f} | ECE {row['ece']:.4f} | |")
     lines += ["", "Training budget:", ""]
     for r in pair:
         for role, t in r["training"].items():
