@@ -460,14 +460,12 @@ def finish_unit(
     }
     outputs: dict[str, dict] = {}
     moments = None
-    bundle = None
-    if settings["scorer"] == "onnx" or keep_bundle:
-        graph, meta = build_graph(unit, infos, image_shape, settings["samples"])
-        where = out if keep_bundle else Path(settings["scratch"])
-        bundle = write_bundle(graph, meta, where / f"{unit.dataset}-{unit.kind}.onnx")
+    path = (out if keep_bundle else Path(settings["scratch"])) / f"{unit.dataset}-{unit.kind}.onnx"
     if settings["scorer"] == "onnx":
+        graph, meta = build_graph(unit, infos, image_shape, settings["samples"])
+        draft = write_bundle(graph, meta, path)
         for name, data in sets.items():
-            outputs[name], set_moments = onnx_outputs(bundle, data.images)
+            outputs[name], set_moments = onnx_outputs(draft, data.images)
             if name == "calibration":
                 moments = set_moments
     else:
@@ -476,13 +474,6 @@ def finish_unit(
                 k: v for info in infos.values() for k, v in info["outputs"][name].items()
             }
         moments = infos["model"]["moments"]
-        if bundle is not None:  # the same math, checked: ORT (CPU) against torch on a slice
-            probe = min(256, len(sets["calibration"]))
-            ort, _ = onnx_outputs(bundle, sets["calibration"].images[:probe])
-            record["parity_max_abs_diff"] = {
-                name: float(np.max(np.abs(ort[name] - outputs["calibration"][name][:probe])))
-                for name in ort
-            }
 
     specs, default = score_specs(unit.kind, "background" in infos)
     names = list(specs)
@@ -499,14 +490,28 @@ def finish_unit(
         )
         for name, data in sets.items()
     }
-    if keep_bundle:
-        source = f"{unit.dataset} train, calibration split ({len(sets['calibration'])} images)"
-        meta = metadata_with_reference(
-            bundle.metadata, scores["calibration"], moments=moments, source=source
-        )
-        bundle = write_bundle(graph, meta, Path(bundle.path))
-        Bundle.read(bundle.path)  # refuses an inconsistent file
-        record["bundle"] = bundle.path
+    if keep_bundle:  # the figures above do not depend on it: an export failure only loses the file
+        try:
+            if settings["scorer"] == "torch":
+                graph, meta = build_graph(unit, infos, image_shape, settings["samples"])
+                draft = write_bundle(graph, meta, path)
+                # The same math, checked: ONNX Runtime (CPU) against torch on a slice.
+                probe = min(256, len(sets["calibration"]))
+                ort, _ = onnx_outputs(draft, sets["calibration"].images[:probe])
+                record["parity_max_abs_diff"] = {
+                    name: float(np.max(np.abs(ort[name] - outputs["calibration"][name][:probe])))
+                    for name in ort
+                }
+            source = f"{unit.dataset} train, calibration split ({len(sets['calibration'])} images)"
+            meta = metadata_with_reference(
+                meta, scores["calibration"], moments=moments, source=source
+            )
+            write_bundle(graph, meta, path)
+            Bundle.read(path)  # refuses an inconsistent file
+            record["bundle"] = str(path)
+        except Exception as error:
+            record["bundle_error"] = f"{type(error).__name__}: {error}"
+            print(f"  bundle for {unit.key} not written: {record['bundle_error']}", flush=True)
 
     if unit.protocol == "pair":
         normal, anomalous = scores["test"], scores["anomalous"]

@@ -86,6 +86,8 @@ def _pair_section(pair: list[dict]) -> list[str]:
                          f"training images, {t['epochs']} epoch(s) in a {t['budget_seconds']} s "
                          f"budget ({t['stopped']}), validation "
                          f"{t['validation_bits_per_dim']:.4f} bits/dim")
+        if "bundle_error" in r:
+            lines.append(f"- {r['key']}: bundle NOT written: {r['bundle_error']}")
         if "parity_max_abs_diff" in r:
             diffs = ", ".join(f"{k} {v:.1e}" for k, v in r["parity_max_abs_diff"].items())
             lines.append(f"- {r['key']}: ONNX Runtime (CPU) against torch, max |diff|: {diffs}")

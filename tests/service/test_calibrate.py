@@ -3,6 +3,8 @@ else; with labelled anomalies, an operating point and P(anomaly) maps the detect
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -135,3 +137,12 @@ def test_calibrate_can_write_a_new_file(bundle_copy, tmp_path, capsys):
     meta = Bundle.read(out).metadata
     assert meta["calibration"]["choice"]["rule"] == "f1"
     assert meta["scores"]["nll"]["probability"]["method"] == "logistic"
+
+
+def test_calibrate_runs_without_importing_torch(bundle_copy):
+    code = ("import sys; from service.cli import main; "
+            f"rc = main(['calibrate', {str(bundle_copy)!r}, '--data', 'digits:test', "
+            "'--anomalous', 'digits:test', '--anomalous-classes', '9']); "
+            "assert rc == 0; assert 'torch' not in sys.modules, 'torch was imported'")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
