@@ -41,246 +41,31 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.quality_report import ALPHAS, DATASETS, markdown, summarize  # noqa: E402
-
-PAIR_NORMAL, PAIR_ANOMALOUS = "fashion-mnist", "mnist"
-MODELS = {
-    "full": {
-        "pixelcnn": {"hidden": 64, "layers": 8, "kernel": 5, "head": 128},
-        "vae": {"latent": 16, "hidden": 64},
-    },
-    "quick": {
-        "pixelcnn": {"hidden": 16, "layers": 3, "kernel": 3, "head": 32},
-        "vae": {"latent": 4, "hidden": 8},
-    },
-}
-TRAIN = {  # per kind: batch size, learning rate
-    "pixelcnn": {"batch_size": 128, "lr": 1e-3},
-    "vae": {"batch_size": 128, "lr": 2e-3},
-}
-
-
-# --- work items -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Unit:
-    """One detector to evaluate: protocol 'pair' (all classes of `dataset`) or 'oneclass'."""
-
-    protocol: str
-    dataset: str
-    kind: str
-    normal_class: int | None = None
-
-    @property
-    def key(self) -> str:
-        cls = "" if self.normal_class is None else f"-class{self.normal_class}"
-        return f"{self.protocol}-{self.dataset}{cls}-{self.kind}"
-
-    @property
-    def roles(self) -> tuple[str, ...]:
-        return ("model", "background") if self.kind == "pixelcnn" else ("model",)
-
-
-@dataclass
-class Item:
-    """One training run (a unit's model or its background model), picklable for a worker."""
-
-    unit: Unit
-    role: str
-    seconds: float
-    model: dict
-    checkpoint: str
-    settings: dict = field(default_factory=dict)  # datasets dir, device, scorer, seed, sizes, ...
-
-
-# --- data (the same in the main process and every worker) -----------------------------------------
-@lru_cache(maxsize=8)
-def load_dataset(datasets_dir: str, name: str, split: str):
-    from detectors.datasets import load_idx
-
-    prefix = "train" if split == "train" else "t10k"
-    return load_idx(Path(datasets_dir) / name / f"{prefix}-images-idx3-ubyte.gz")
-
-
-def head(data, n: int | None, seed: int):
-    """A seeded random subset of n images (all when n is None), in a stable order."""
-    if n is None or n >= len(data):
-        return data
-    return data.select(np.sort(np.random.default_rng(seed).permutation(len(data))[:n]))
-
-
-def unit_data(unit: Unit, settings: dict):
-    """(splits of the normal training data, {set name: ImageSet} to score) for a unit."""
-    from training.data import split
-
-    seed = settings["seed"]
-    train = load_dataset(settings["datasets"], unit.dataset, "train")
-    if unit.normal_class is not None:
-        train = train.with_classes([unit.normal_class])
-    train = head(train, settings["max_train"], seed)
-    calibration = settings["calibration_fraction"][unit.protocol]
-    splits = split(train, seed=seed, validation=0.1, calibration=calibration)
-    sets = {
-        "calibration": splits.calibration,
-        "test": head(
-            load_dataset(settings["datasets"], unit.dataset, "test"), settings["max_test"], seed
-        ),
-    }
-    if unit.protocol == "pair":
-        sets["anomalous"] = head(
-            load_dataset(settings["datasets"], PAIR_ANOMALOUS, "test"), settings["max_test"], seed
-        )
-    return splits, sets
-
-
-# --- the worker: train one model, optionally score it with torch ----------------------------------
-def output_names(kind: str, role: str) -> list[str]:
-    if role == "background":
-        return ["background_nll_bits_per_dim"]
-    return (
-        ["nll_bits_per_dim"]
-        if kind == "pixelcnn"
-        else ["neg_elbo_bits_per_dim", "iwae_bits_per_dim", "recon_mse"]
-    )
-
-
-def torch_outputs(
-    kind: str, role: str, model, images: np.ndarray, settings: dict, *, batch_size: int = 500
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The exported graph's outputs computed by torch itself (same modules, fp32), plus the
-    per-pixel map moments (2, C, H, W) for heat-map statistics."""
-    import torch
-
-    from detectors.fitting import map_moments
-    from detectors.runtime import vae_noise
-    from training.export import PixelCNNGraph, VAEGraph
-
-    device = settings["torch_device"]
-    graph = (PixelCNNGraph(model) if kind == "pixelcnn" else VAEGraph(model)).to(device).eval()
-    names = output_names(kind, role)
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    moments = 0.0
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(
-                device
-            )
-            if kind == "pixelcnn":
-                nll, bits_map = graph(x)
-                values = [nll]
-            else:
-                noise = vae_noise(
-                    {"seed": 0, "samples": settings["samples"], "latent_dim": model.cfg.latent},
-                    len(x),
-                )
-                neg_elbo, iwae, bits_map, mse = graph(x, torch.from_numpy(noise).to(device))
-                values = [neg_elbo, iwae, mse]
-            for name, value in zip(names, values, strict=True):
-                parts[name].append(value.double().cpu().numpy())
-            moments = moments + map_moments(bits_map.double().cpu().numpy())
-    return {name: np.concatenate(chunks) for name, chunks in parts.items()}, moments
-
-
-def save_weights(path: str, kind: str, model_config: dict, train, model, result) -> None:
-    """A checkpoint `training.train.model_from_checkpoint` rebuilds the model from (no optimizer
-    state, so it does not resume)."""
-    import torch
-
-    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"kind": kind, "model_config": dict(model_config), "train_config": asdict(train),
-               "best_state_dict": weights, "epoch": result.epochs, "history": result.history,
-               "best_val": result.best_validation_bits_per_dim, "stopped": result.stopped}
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-
-
-def run_item(item: Item) -> dict:
-    """Train one model under its budget; with the torch scorer, also score the unit's sets."""
-    import torch
-
-    from training.train import TrainConfig, fit
-
-    settings = item.settings
-    torch.set_num_threads(settings["threads"])
-    torch.backends.cudnn.allow_tf32 = False  # scoring must match the fp32 ONNX graph
-    torch.backends.cuda.matmul.allow_tf32 = False
-    started = time.monotonic()
-    splits, sets = unit_data(item.unit, settings)
-    background = item.role == "background"
-    train = TrainConfig(
-        epochs=100_000,
-        patience=settings["patience"],
-        seed=settings["seed"],
-        device=settings["device"],
-        max_minutes=item.seconds / 60,
-        perturb_rate=settings["background_rate"] if background else 0.0,
-        weight_decay=1e-4 if background else 0.0,
-        warmup_steps=settings["warmup_steps"],
-        **{**TRAIN[item.unit.kind], **settings["train_overrides"]},
-    )
-    # No per-epoch checkpoints (tens of MB each with the optimizer state): the model is saved
-    # once, weights only, where the main process or the user needs it.
-    model, result = fit(item.unit.kind, item.model, splits, train, checkpoint=None, progress=False)
-    if settings["scorer"] == "onnx" or item.unit.protocol == "pair":
-        save_weights(item.checkpoint, item.unit.kind, item.model, train, model, result)
-    info = {
-        "key": item.unit.key,
-        "role": item.role,
-        "checkpoint": item.checkpoint,
-        "budget_seconds": item.seconds,
-        "epochs": result.epochs,
-        "stopped": result.stopped,
-        "validation_bits_per_dim": result.best_validation_bits_per_dim,
-        "n_train": len(splits.train),
-        "n_validation": len(splits.validation),
-        "n_calibration": len(splits.calibration),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "train_seconds": round(time.monotonic() - started, 1),
-    }
-    if settings["scorer"] == "torch":
-        settings = {**settings, "torch_device": next(model.parameters()).device}
-        info["outputs"], info["moments"] = {}, None
-        for name, data in sets.items():
-            values, moments = torch_outputs(item.unit.kind, item.role, model, data.images, settings)
-            info["outputs"][name] = values
-            if name == "calibration":
-                info["moments"] = moments
-    info["seconds"] = round(time.monotonic() - started, 1)
-    return info
-
-
-def warm_worker(device: str, threads: int) -> None:
-    """Start CUDA and cuDNN before the first budget starts counting."""
-    import torch
-
-    torch.set_num_threads(threads)
-    if device == "cuda":
-        try:
-            x = torch.zeros(8, 4, 28, 28, device=device)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                torch.nn.functional.conv2d(x, torch.zeros(8, 4, 3, 3, device=device)).sum().item()
-        except Exception as error:  # the item itself will report what is wrong
-            print(f"worker warm-up failed: {error}", file=sys.stderr, flush=True)
-
-
-def run_item_safely(item: Item) -> dict:
-    try:
-        return run_item(item)
-    except Exception as error:  # one failed model must not lose the others' figures
-        return {
-            "key": item.unit.key,
-            "role": item.role,
-            "error": f"{type(error).__name__}: {error}",
-            "traceback": traceback.format_exc(),
-        }
+from benchmarks.quality_report import (  # noqa: E402
+    DATASETS,
+    calibration_report,
+    labelled_report,
+    markdown,
+    summarize,
+)
+from benchmarks.quality_work import (  # noqa: E402
+    MODELS,
+    PAIR_ANOMALOUS,
+    PAIR_NORMAL,
+    TRAIN,
+    Item,
+    Unit,
+    run_item_safely,
+    unit_data,
+    warm_worker,
+)
 
 
 # --- the main process: bundles, scores, metrics ---------------------------------------------------
@@ -346,94 +131,6 @@ def onnx_outputs(bundle, images: np.ndarray, *, batch_size: int = 256) -> tuple[
             parts[name].append(values[name].astype(np.float64))
         moments = moments + map_moments(values[map_name])
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}, moments
-
-
-def calibration_report(reference: np.ndarray, normal: np.ndarray) -> dict:
-    """Measured FPR at each alpha on held-out normal scores, with the binomial 95% interval of a
-    test set of this size at the target, and the exact conformal one (beta-binomial: the
-    reference is finite too); KS test of the normal p-values against uniform."""
-    from scipy import stats
-
-    from detectors.calibration import conformal_p_values, conformal_threshold
-    from detectors.drift import ks_uniform
-
-    reference = np.sort(reference)
-    n, m = len(reference), len(normal)
-    p_values = conformal_p_values(normal, reference)
-    rows = []
-    for alpha in ALPHAS:
-        flagged = int(np.sum(p_values <= alpha))
-        assert flagged == int(np.sum(normal > conformal_threshold(reference, alpha)))
-        level = math.floor(
-            alpha * (n + 1) + 1e-9
-        )  # flagged iff fewer than `level` references are >= s
-        binomial = [float(v) / m for v in stats.binom.interval(0.95, m, alpha)]
-        exact = (
-            [float(v) / m for v in stats.betabinom.interval(0.95, m, level, n + 1 - level)]
-            if level >= 1
-            else [0.0, 0.0]
-        )
-        fpr = flagged / m
-        rows.append(
-            {
-                "alpha": alpha,
-                "fpr": fpr,
-                "flagged": flagged,
-                "n_normal": m,
-                "binomial_95": binomial,
-                "inside_binomial": binomial[0] <= fpr <= binomial[1],
-                "conformal_95": exact,
-                "inside_conformal": exact[0] <= fpr <= exact[1],
-                "reference_too_small": level < 1,
-            }
-        )
-    ks = ks_uniform(p_values, reference_size=n)
-    ks2 = stats.ks_2samp(normal, reference)
-    return {"n_reference": n, "rows": rows, "ks_statistic": ks.statistic, "ks_p_value": ks.p_value,
-            "ks_one_sample_p_value": ks_uniform(p_values).p_value,
-            "ks2_statistic": float(ks2.statistic), "ks2_p_value": float(ks2.pvalue)}
-
-
-RULES = (("fpr", 0.01), ("fpr", 0.05), ("recall", 0.95), ("f1", None))
-
-
-def labelled_report(normal: np.ndarray, anomalous: np.ndarray, seed: int) -> dict:
-    """With half of the labelled test scores: each threshold rule and P(anomaly) map, fitted on
-    that half and measured on the other (the estimators of detectors/estimator.py)."""
-    from detectors.estimator import LabelledThresholdDetector
-
-    rng = np.random.default_rng(seed)
-    s = np.r_[normal, anomalous]
-    y = np.r_[np.zeros(len(normal), int), np.ones(len(anomalous), int)]
-    fit_half = np.zeros(len(s), bool)
-    fit_half[rng.permutation(len(s))[: len(s) // 2]] = True
-    held_s, held_y = s[~fit_half], y[~fit_half]
-    rules = []
-    for rule, target in RULES:
-        detector = LabelledThresholdDetector(rule=rule, target=target, probability=None)
-        choice = detector.fit(s[fit_half], y[fit_half]).choice_
-        flagged = detector.predict(held_s) == -1
-        tp, fp = int(np.sum(flagged & (held_y == 1))), int(np.sum(flagged & (held_y == 0)))
-        recall = tp / max(1, int(np.sum(held_y == 1)))
-        precision = tp / (tp + fp) if tp + fp else 1.0
-        rules.append({
-            "rule": rule, "target": target, "threshold": choice.threshold,
-            "fit": {"fpr": choice.fpr, "recall": choice.recall, "f1": choice.f1},
-            "held_out": {"fpr": fp / max(1, int(np.sum(held_y == 0))), "recall": recall,
-                         "f1": 2 * precision * recall / (precision + recall) if tp else 0.0},
-        })
-    maps = []
-    for method in ("isotonic", "logistic"):
-        detector = LabelledThresholdDetector(rule="f1", probability=method).fit(s[fit_half],
-                                                                               y[fit_half])
-        p = detector.predict_proba(held_s)[:, 1]
-        bins = np.minimum((p * 10).astype(int), 9)
-        ece = sum(abs(p[bins == b].mean() - held_y[bins == b].mean()) * np.mean(bins == b)
-                  for b in range(10) if np.any(bins == b))
-        maps.append({"method": method, "brier": float(np.mean((p - held_y) ** 2)),
-                     "ece": float(ece)})
-    return {"n_fit": int(fit_half.sum()), "n_held_out": int((~fit_half).sum()), "rules": rules,
-            "probability": maps}
 
 
 def finish_unit(
@@ -669,17 +366,118 @@ def plan(args, settings: dict, out: Path) -> list[Item]:
     return items
 
 
+class Results:
+    """The run's results, written after every finished unit so a cut-short run keeps its figures."""
+
+    def __init__(self, out: Path, settings: dict, header: dict, units: dict[str, Unit]):
+        self.out, self.settings, self.units = out, settings, units
+        self.data = {**header, "records": [], "errors": [], "skipped": []}
+        self.codes = CodeLengths()
+        self.pending: dict[str, dict] = {}  # unit key -> {role: trained model's info}
+        self.started = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def write(self) -> None:
+        self.data["wall_seconds"] = round(self.elapsed(), 1)
+        self.data["summary"] = summarize(self.data["records"])
+        text = json.dumps(self.data, indent=1, default=_json_default)
+        (self.out / "results.json").write_text(text)
+        (self.out / "results.md").write_text(markdown(self.data))
+
+    def error(self, key: str, role: str, error: str, trace: str) -> None:
+        print(f"  FAILED {key} {role}: {error}", flush=True)
+        self.data["errors"].append({"key": key, "role": role, "error": error, "traceback": trace})
+
+    def collect(self, info: dict) -> None:
+        """Take one trained model; when its unit is complete, score the unit and write."""
+        if "error" in info:
+            self.error(info["key"], info["role"], info["error"], info["traceback"])
+            self.pending.pop(info["key"], None)
+            self.units.pop(info["key"], None)
+            return
+        print(f"  trained {info['key']} {info['role']}: {info['epochs']} epoch(s), validation "
+              f"{info['validation_bits_per_dim']:.4f} bits/dim, {info['seconds']} s", flush=True)
+        got = self.pending.setdefault(info["key"], {})
+        got[info["role"]] = info
+        unit = self.units.get(info["key"])
+        if unit is None or set(got) != set(unit.roles):
+            return
+        try:
+            record = finish_unit(unit, self.pending.pop(unit.key), self.settings, self.codes,
+                                 self.out)
+        except Exception as error:
+            self.error(unit.key, "scoring", f"{type(error).__name__}: {error}",
+                       traceback.format_exc())
+            return
+        default = record["scores"][record["default_score"]]
+        print(f"  scored {unit.key}: {record['default_score']} AUROC {default['auroc']:.4f} "
+              f"({self.elapsed():.0f} s)", flush=True)
+        self.data["records"].append(record)
+        self.write()
+
+
+def run_items(items: list[Item], results: Results, *, workers: int, device: str, threads: int,
+              deadline: float) -> None:
+    """Train every item (in `workers` processes when more than one); none starts after
+    `deadline` seconds, and those are reported as skipped."""
+    if workers == 1:
+        for item in items:
+            if results.elapsed() > deadline:
+                results.data["skipped"].append(f"{item.unit.key}:{item.role}")
+                continue
+            results.collect(run_item_safely(item))
+        return
+    context = mp.get_context("spawn")  # CUDA cannot be shared with forked children
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                initializer=warm_worker, initargs=(device, threads)) as pool:
+        futures = {pool.submit(run_item_safely, item): item for item in items}
+        remaining = set(futures)
+        while remaining:
+            done, remaining = cf.wait(remaining, timeout=5, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                if future.cancelled():
+                    continue
+                try:
+                    info = future.result()
+                except Exception as error:  # a worker died (out of memory, a broken pool)
+                    item = futures[future]
+                    info = {"key": item.unit.key, "role": item.role,
+                            "error": f"{type(error).__name__}: {error}",
+                            "traceback": traceback.format_exc()}
+                results.collect(info)
+            if results.elapsed() > deadline:
+                for future in list(remaining):
+                    if future.cancel():
+                        item = futures[future]
+                        results.data["skipped"].append(f"{item.unit.key}:{item.role}")
+                        remaining.discard(future)
+
+
+def make_settings(args, *, device: str, scorer: str, workers: int, scratch: str) -> dict:
+    """What every worker needs to know, picklable."""
+    cores = os.cpu_count() or 1
+    return {
+        "datasets": args.datasets, "device": device, "scorer": scorer, "seed": args.seed,
+        "samples": args.samples, "background_rate": args.background_rate, "patience": 5,
+        "warmup_steps": 5 if args.quick else 50,
+        "train_overrides": {"batch_size": 32} if args.quick else {},
+        "max_train": 3000 if args.quick else None, "max_test": 600 if args.quick else None,
+        "calibration_fraction": {"pair": 0.1, "oneclass": 0.2}, "scratch": scratch,
+        "threads": max(1, cores // workers), "quick": args.quick, "workers": workers,
+        "seconds_per_model": args.seconds_per_model,
+        "seconds_per_class_model": args.seconds_per_class_model,
+    }
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    missing = [
-        d for d in DATASETS if not (Path(args.datasets) / d / "train-images-idx3-ubyte.gz").exists()
-    ]
+    root = Path(args.datasets)
+    missing = [d for d in DATASETS if not (root / d / "train-images-idx3-ubyte.gz").exists()]
     if missing:
-        print(
-            f"quality benchmark skipped: {', '.join(missing)} not found under {args.datasets} "
-            "(expected <name>/train-images-idx3-ubyte.gz and t10k-*)",
-            file=sys.stderr,
-        )
+        print(f"quality benchmark skipped: {', '.join(missing)} not found under {root} "
+              "(expected <name>/train-images-idx3-ubyte.gz and t10k-*)", file=sys.stderr)
         return 2
     import torch
 
@@ -691,6 +489,7 @@ def main(argv=None) -> int:
         raise SystemExit(msg)
     scorer = args.scorer if args.scorer != "auto" else ("torch" if device == "cuda" else "onnx")
     workers = args.workers or (8 if device == "cuda" else 1)
+    # No torch.cuda call here beyond is_available: the workers own the GPU's contexts.
     gpu = gpu_facts() if device == "cuda" else {}
     if workers > 1 and gpu.get("compute_mode", "").lower().startswith("exclusive"):
         # One process per GPU: train one model at a time, in this process, on shorter budgets.
@@ -701,147 +500,32 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     scratch = tempfile.TemporaryDirectory(prefix="normalcy-quality-")
+    settings = make_settings(args, device=device, scorer=scorer, workers=workers,
+                             scratch=scratch.name)
     cores = os.cpu_count() or 1
-    settings = {
-        "datasets": args.datasets,
-        "device": device,
-        "scorer": scorer,
-        "seed": args.seed,
-        "samples": args.samples,
-        "background_rate": args.background_rate,
-        "patience": 5,
-        "warmup_steps": 5 if args.quick else 50,
-        "train_overrides": {"batch_size": 32} if args.quick else {},
-        "max_train": 3000 if args.quick else None,
-        "max_test": 600 if args.quick else None,
-        "calibration_fraction": {"pair": 0.1, "oneclass": 0.2},
-        "scratch": scratch.name,
-        "threads": max(1, cores // workers) if workers > 1 else max(1, cores),
-        "quick": args.quick,
-        "workers": workers,
-        "seconds_per_model": args.seconds_per_model,
-        "seconds_per_class_model": args.seconds_per_class_model,
-    }
-    # No torch.cuda call here beyond is_available: the workers own the GPU's contexts.
-    device_name = (
-        gpu.get("name", "cuda")
-        if device == "cuda"
-        else f"cpu ({platform.processor() or 'unknown'}, {cores} cores)"
-    )
+    device_name = (gpu.get("name", "cuda") if device == "cuda"
+                   else f"cpu ({platform.processor() or 'unknown'}, {cores} cores)")
     torch.set_num_threads(max(1, min(4, cores)))
     items = plan(args, settings, out)
-    results = {
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "device": device_name,
-        "torch_version": torch.__version__,
-        "gpu": gpu,
-        "command": " ".join(sys.argv),
+    header = {
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "device": device_name,
+        "torch_version": torch.__version__, "gpu": gpu, "command": " ".join(sys.argv),
         "settings": {k: v for k, v in settings.items() if k != "scratch"},
-        "models": MODELS["quick" if args.quick else "full"],
-        "train": TRAIN,
-        "records": [],
-        "errors": [],
-        "skipped": [],
+        "models": MODELS["quick" if args.quick else "full"], "train": TRAIN,
     }
-    started = time.monotonic()
+    results = Results(out, settings, header, {item.unit.key: item.unit for item in items})
     deadline = args.deadline if args.deadline is not None else (math.inf if args.quick else 300.0)
     budget = sum(item.seconds for item in items)
-    print(
-        f"quality: {len(items)} models on {device_name}, {workers} at a time, scorer {scorer}; "
-        f"{budget:.0f} s of training budgets, about {budget / min(workers, len(items)):.0f} s of "
-        f"wall time for training alone; no model starts after {deadline:.0f} s",
-        flush=True,
-    )
-
-    codes = CodeLengths()
-    pending_units: dict[str, dict] = {}
-    units = {item.unit.key: item.unit for item in items}
-
-    def write() -> None:
-        results["wall_seconds"] = round(time.monotonic() - started, 1)
-        results["summary"] = summarize(results["records"])
-        (out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
-        (out / "results.md").write_text(markdown(results))
-
-    def collect(info: dict) -> None:
-        if "error" in info:
-            print(f"  FAILED {info['key']} {info['role']}: {info['error']}", flush=True)
-            results["errors"].append({k: info[k] for k in ("key", "role", "error", "traceback")})
-            pending_units.pop(info["key"], None)
-            units.pop(info["key"], None)
-            return
-        print(
-            f"  trained {info['key']} {info['role']}: {info['epochs']} epoch(s), validation "
-            f"{info['validation_bits_per_dim']:.4f} bits/dim, {info['seconds']} s",
-            flush=True,
-        )
-        got = pending_units.setdefault(info["key"], {})
-        got[info["role"]] = info
-        unit = units.get(info["key"])
-        if unit is not None and set(got) == set(unit.roles):
-            try:
-                record = finish_unit(unit, pending_units.pop(info["key"]), settings, codes, out)
-            except Exception as error:
-                print(f"  FAILED scoring {unit.key}: {error}", flush=True)
-                results["errors"].append(
-                    {
-                        "key": unit.key,
-                        "role": "scoring",
-                        "error": str(error),
-                        "traceback": traceback.format_exc(),
-                    }
-                )
-                return
-            default = record["scores"][record["default_score"]]
-            print(
-                f"  scored {unit.key}: {record['default_score']} AUROC {default['auroc']:.4f} "
-                f"({time.monotonic() - started:.0f} s)",
-                flush=True,
-            )
-            results["records"].append(record)
-            write()
-
-    if workers == 1:
-        for item in items:
-            if time.monotonic() - started > deadline:
-                results["skipped"].append(f"{item.unit.key}:{item.role}")
-                continue
-            collect(run_item_safely(item))
-    else:
-        context = mp.get_context("spawn")  # CUDA cannot be shared with forked children
-        with cf.ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=context,
-            initializer=warm_worker,
-            initargs=(device, settings["threads"]),
-        ) as pool:
-            futures = {pool.submit(run_item_safely, item): item for item in items}
-            remaining = set(futures)
-            while remaining:
-                done, remaining = cf.wait(remaining, timeout=5, return_when=cf.FIRST_COMPLETED)
-                for future in done:
-                    if future.cancelled():
-                        continue
-                    try:
-                        info = future.result()
-                    except Exception as error:  # a worker died (out of memory, a broken pool)
-                        item = futures[future]
-                        info = {"key": item.unit.key, "role": item.role,
-                                "error": f"{type(error).__name__}: {error}",
-                                "traceback": traceback.format_exc()}
-                    collect(info)
-                if time.monotonic() - started > deadline:
-                    for future in list(remaining):
-                        if future.cancel():
-                            item = futures[future]
-                            results["skipped"].append(f"{item.unit.key}:{item.role}")
-                            remaining.discard(future)
-    write()
+    print(f"quality: {len(items)} models on {device_name}, {workers} at a time, scorer {scorer}; "
+          f"{budget:.0f} s of training budgets, about {budget / min(workers, len(items)):.0f} s "
+          f"of wall time for training alone; no model starts after {deadline:.0f} s", flush=True)
+    run_items(items, results, workers=workers, device=device, threads=settings["threads"],
+              deadline=deadline)
+    results.write()
     scratch.cleanup()
     print((out / "results.md").read_text())
-    seconds = time.monotonic() - started
-    print(f"wrote {out / 'results.json'} and {out / 'results.md'} in {seconds:.0f} s")
-    return 1 if results["errors"] else 0
+    print(f"wrote {out / 'results.json'} and {out / 'results.md'} in {results.elapsed():.0f} s")
+    return 1 if results.data["errors"] else 0
 
 
 def _json_default(value):

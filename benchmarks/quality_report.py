@@ -1,6 +1,9 @@
-"""The quality benchmark's summary and markdown report (see quality.py), from its JSON results."""
+"""The quality benchmark's figures from raw scores (calibration, labelled rules) and its summary
+and markdown report (see quality.py)."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -15,6 +18,95 @@ GOALS = {
     "pair": {"pixelcnn": 0.99, "vae": 0.98},
     "oneclass": {"mnist": 0.95, "fashion-mnist": 0.92},
 }
+
+
+# --- figures from scores ------------------------------------------------------------------------
+def calibration_report(reference: np.ndarray, normal: np.ndarray) -> dict:
+    """Measured FPR at each alpha on held-out normal scores, with the binomial 95% interval of a
+    test set of this size at the target, and the exact conformal one (beta-binomial: the
+    reference is finite too); KS test of the normal p-values against uniform."""
+    from scipy import stats
+
+    from detectors.calibration import conformal_p_values, conformal_threshold
+    from detectors.drift import ks_uniform
+
+    reference = np.sort(reference)
+    n, m = len(reference), len(normal)
+    p_values = conformal_p_values(normal, reference)
+    rows = []
+    for alpha in ALPHAS:
+        flagged = int(np.sum(p_values <= alpha))
+        assert flagged == int(np.sum(normal > conformal_threshold(reference, alpha)))
+        level = math.floor(
+            alpha * (n + 1) + 1e-9
+        )  # flagged iff fewer than `level` references are >= s
+        binomial = [float(v) / m for v in stats.binom.interval(0.95, m, alpha)]
+        exact = (
+            [float(v) / m for v in stats.betabinom.interval(0.95, m, level, n + 1 - level)]
+            if level >= 1
+            else [0.0, 0.0]
+        )
+        fpr = flagged / m
+        rows.append(
+            {
+                "alpha": alpha,
+                "fpr": fpr,
+                "flagged": flagged,
+                "n_normal": m,
+                "binomial_95": binomial,
+                "inside_binomial": binomial[0] <= fpr <= binomial[1],
+                "conformal_95": exact,
+                "inside_conformal": exact[0] <= fpr <= exact[1],
+                "reference_too_small": level < 1,
+            }
+        )
+    ks = ks_uniform(p_values, reference_size=n)
+    ks2 = stats.ks_2samp(normal, reference)
+    return {"n_reference": n, "rows": rows, "ks_statistic": ks.statistic, "ks_p_value": ks.p_value,
+            "ks_one_sample_p_value": ks_uniform(p_values).p_value,
+            "ks2_statistic": float(ks2.statistic), "ks2_p_value": float(ks2.pvalue)}
+
+
+RULES = (("fpr", 0.01), ("fpr", 0.05), ("recall", 0.95), ("f1", None))
+
+
+def labelled_report(normal: np.ndarray, anomalous: np.ndarray, seed: int) -> dict:
+    """With half of the labelled test scores: each threshold rule and P(anomaly) map, fitted on
+    that half and measured on the other (the estimators of detectors/estimator.py)."""
+    from detectors.estimator import LabelledThresholdDetector
+
+    rng = np.random.default_rng(seed)
+    s = np.r_[normal, anomalous]
+    y = np.r_[np.zeros(len(normal), int), np.ones(len(anomalous), int)]
+    fit_half = np.zeros(len(s), bool)
+    fit_half[rng.permutation(len(s))[: len(s) // 2]] = True
+    held_s, held_y = s[~fit_half], y[~fit_half]
+    rules = []
+    for rule, target in RULES:
+        detector = LabelledThresholdDetector(rule=rule, target=target, probability=None)
+        choice = detector.fit(s[fit_half], y[fit_half]).choice_
+        flagged = detector.predict(held_s) == -1
+        tp, fp = int(np.sum(flagged & (held_y == 1))), int(np.sum(flagged & (held_y == 0)))
+        recall = tp / max(1, int(np.sum(held_y == 1)))
+        precision = tp / (tp + fp) if tp + fp else 1.0
+        rules.append({
+            "rule": rule, "target": target, "threshold": choice.threshold,
+            "fit": {"fpr": choice.fpr, "recall": choice.recall, "f1": choice.f1},
+            "held_out": {"fpr": fp / max(1, int(np.sum(held_y == 0))), "recall": recall,
+                         "f1": 2 * precision * recall / (precision + recall) if tp else 0.0},
+        })
+    maps = []
+    for method in ("isotonic", "logistic"):
+        detector = LabelledThresholdDetector(rule="f1", probability=method).fit(s[fit_half],
+                                                                               y[fit_half])
+        p = detector.predict_proba(held_s)[:, 1]
+        bins = np.minimum((p * 10).astype(int), 9)
+        ece = sum(abs(p[bins == b].mean() - held_y[bins == b].mean()) * np.mean(bins == b)
+                  for b in range(10) if np.any(bins == b))
+        maps.append({"method": method, "brier": float(np.mean((p - held_y) ** 2)),
+                     "ece": float(ece)})
+    return {"n_fit": int(fit_half.sum()), "n_held_out": int((~fit_half).sum()), "rules": rules,
+            "probability": maps}
 
 
 # --- summary --------------------------------------------------------------------------------------
@@ -174,6 +266,46 @@ def _summary_section(summary: dict) -> list[str]:
     return [*lines, ""]
 
 
+def goals(records: list[dict]) -> list[dict]:
+    """The issue's goals for the bundles' default scores, each with what was measured."""
+    rows = []
+    for r in records:
+        if r["unit"]["protocol"] == "pair":
+            kind = r["unit"]["kind"]
+            auroc = r["scores"][r["default_score"]]["auroc"]
+            rows.append({"goal": f"{kind} pair-1 AUROC ({r['default_score']})",
+                         "target": GOALS["pair"][kind], "measured": auroc,
+                         "met": auroc >= GOALS["pair"][kind]})
+    for dataset in DATASETS:
+        for kind in ("pixelcnn", "vae"):
+            rs = [r for r in records if r["unit"]["protocol"] == "oneclass"
+                  and r["unit"]["dataset"] == dataset and r["unit"]["kind"] == kind]
+            if rs:
+                mean = float(np.mean([r["scores"][r["default_score"]]["auroc"] for r in rs]))
+                target = GOALS["oneclass"][dataset]
+                rows.append({"goal": f"{kind} one-class {dataset} mean AUROC "
+                             f"({rs[0]['default_score']}, {len(rs)} classes)",
+                             "target": target, "measured": mean, "met": mean >= target})
+    cells = [row for r in records for row in r["scores"][r["default_score"]]["calibration"]["rows"]
+             if not row["reference_too_small"]]
+    if cells:
+        inside = sum(row["inside_binomial"] for row in cells)
+        rows.append({"goal": "default scores: measured FPR inside its binomial 95% interval",
+                     "target": len(cells), "measured": inside, "met": inside == len(cells)})
+    return rows
+
+
+def _goals_section(records: list[dict]) -> list[str]:
+    lines = ["## Goals (default scores)", "", "| goal | target | measured | met |",
+             "|---|---:|---:|---|"]
+    for row in goals(records):
+        measured = row["measured"]
+        text = f"{measured:.4f}" if isinstance(measured, float) else str(measured)
+        lines.append(f"| {row['goal']} | {row['target']} | {text} | "
+                     f"{'yes' if row['met'] else '**no**'} |")
+    return [*lines, ""]
+
+
 def markdown(results: dict) -> str:
     records = results["records"]
     settings = results["settings"]
@@ -186,6 +318,8 @@ def markdown(results: dict) -> str:
              f"{settings['workers']} at a time; wall {results.get('wall_seconds', 'n/a')} s.", ""]
     pair = [r for r in records if r["unit"]["protocol"] == "pair"]
     oneclass = [r for r in records if r["unit"]["protocol"] == "oneclass"]
+    if records:
+        lines += _goals_section(records)
     if pair:
         lines += _pair_section(pair)
     if oneclass:
