@@ -289,15 +289,22 @@ def goals(records: list[dict]) -> list[dict]:
     cells = [row for r in records for row in r["scores"][r["default_score"]]["calibration"]["rows"]
              if not row["reference_too_small"]]
     if cells:
-        inside = sum(row["inside_binomial"] for row in cells)
-        rows.append({"goal": "default scores: measured FPR inside its binomial 95% interval",
-                     "target": len(cells), "measured": inside, "met": inside == len(cells)})
+        # The binomial interval ignores that the reference is a sample too; with n_ref not much
+        # larger than the test set, chance alone puts some cells outside it. The conformal
+        # (beta-binomial) interval is the exact one: about 5% of cells fall outside by chance.
+        for name, key in (("binomial", "inside_binomial"), ("conformal", "inside_conformal")):
+            inside = sum(row[key] for row in cells)
+            rows.append({"goal": f"default scores: measured FPR inside its {name} 95% interval",
+                         "target": len(cells), "measured": inside,
+                         "met": inside >= 0.9 * len(cells)})
     return rows
 
 
 def _goals_section(records: list[dict]) -> list[str]:
-    lines = ["## Goals (default scores)", "", "| goal | target | measured | met |",
-             "|---|---:|---:|---|"]
+    lines = ["## Goals (default scores)", "",
+             "FPR rows count (model, alpha) cells; 'met' there means at least 90% of cells inside "
+             "a 95% interval (some fall outside by chance).", "",
+             "| goal | target | measured | met |", "|---|---:|---:|---|"]
     for row in goals(records):
         measured = row["measured"]
         text = f"{measured:.4f}" if isinstance(measured, float) else str(measured)
