@@ -19,7 +19,7 @@ in-process run live in their own processes.
 Bundles: --bundle vae=PATH --bundle pixelcnn=PATH, or made once with `normalcy train` into
 benchmarks/results/serving-work/ (Fashion-MNIST class 0 when /work/shared/datasets has it, else the
 bundled digits; weights barely trained: only the cost per image matters here).
-Writes benchmarks/results/serving[-quick].json and .md.
+Writes benchmarks/results/serving.json and .md (serving_quick.* with --quick, not committed).
 """
 
 from __future__ import annotations
@@ -45,23 +45,31 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 import loadgen  # noqa: E402
+from common import DEFAULT_DATASETS  # noqa: E402
 
 RESULTS = HERE / "results"
 WORK = RESULTS / "serving-work"  # bundles, server logs, BentoML's home: not committed
-DATASETS = Path(os.environ.get("NORMALCY_DATASETS", "/work/shared/datasets"))
 BENTO_PYTHON = ROOT / ".venv-bentoml" / "bin" / "python"
 KINDS = ("vae", "pixelcnn")
 
 
 # --- bundles and request bodies -----------------------------------------------------------------
+DATASETS = [DEFAULT_DATASETS]  # --datasets replaces it
+
+
 def data_spec(quick: bool) -> tuple[str, str]:
     """(training data spec, test data spec) for the bundles and the request images."""
     if not quick:
         for name in ("fashion-mnist", "mnist"):
-            train = DATASETS / name / "train-images-idx3-ubyte.gz"
-            if train.exists():
-                return f"idx:{train}", f"idx:{DATASETS / name / 't10k-images-idx3-ubyte.gz'}"
-        print(f"note: no MNIST-style data under {DATASETS}; using the 8x8 digits", file=sys.stderr)
+            folder = DATASETS[0] / name
+            if (folder / "train-images-idx3-ubyte.gz").exists():
+                return (
+                    f"idx:{folder / 'train-images-idx3-ubyte.gz'}",
+                    f"idx:{folder / 't10k-images-idx3-ubyte.gz'}",
+                )
+        print(
+            f"note: no MNIST-style data under {DATASETS[0]}; using the 8x8 digits", file=sys.stderr
+        )
     return "digits:train", "digits:test"
 
 
@@ -527,6 +535,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--seconds", type=float, help="measured seconds per point (15; quick 2)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds per point (3; quick 0.5)")
+    parser.add_argument(
+        "--datasets",
+        type=Path,
+        default=DEFAULT_DATASETS,
+        help="folder holding fashion-mnist/ and mnist/",
+    )
     parser.add_argument("--skip-bentoml", action="store_true")
     parser.add_argument(
         "--peak-tflops", type=float, help="the device's arithmetic peak, for GPU runs"
@@ -534,6 +548,7 @@ def main() -> int:
     parser.add_argument("--in-process", metavar="BUNDLE", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    DATASETS[0] = args.datasets
     args.seconds = args.seconds or (2.0 if args.quick else 15.0)
     args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 3.0)
     if args.in_process:
@@ -593,7 +608,7 @@ def main() -> int:
             runs["gpu_fraction_of_peak"] = best * flops / (args.peak_tflops * 1e12)
         results["models"][kind] = runs
     summarize(results)
-    stem = "serving-quick" if args.quick else "serving"
+    stem = "serving_quick" if args.quick else "serving"
     (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2))
     (RESULTS / f"{stem}.md").write_text(markdown(results))
     print(markdown(results))

@@ -225,6 +225,8 @@ def score_answer(model: ModelEntry, result: ScoreResult, names: list[str | None]
             "threshold": threshold,
             "alpha": result.alpha,
         }
+        if result.probability is not None:
+            item["probability"] = float(result.probability[i])
         if result.heatmap is not None:
             item["heatmap"] = _round(result.heatmap[i])
         per_image.append(item)

@@ -92,10 +92,14 @@ class ModelEntry:
         scores = np.concatenate([p["scores"] for p in parts])
         p_values = np.concatenate([p["p_values"] for p in parts])
         heat = np.concatenate([p["heatmap"] for p in parts]) if heatmap else None
+        mapped = parts[0]["probability"] is not None  # the bundle maps this score to P(anomaly)
+        probability = np.concatenate([p["probability"] for p in parts]) if mapped else None
         is_anomaly = p_values <= alpha
         self._observe(name, scores, p_values, is_anomaly)
         threshold = detector.threshold(name, alpha)
-        return ScoreResult(name, alpha, threshold, scores, p_values, is_anomaly, heat)
+        return ScoreResult(
+            name, alpha, threshold, scores, p_values, is_anomaly, heat, probability=probability
+        )
 
     def _observe(
         self, score_name: str, scores: np.ndarray, p_values: np.ndarray, is_anomaly: np.ndarray
@@ -339,7 +343,12 @@ class ModelRegistry:
         def infer(key, images):
             score, heatmap = key
             result = detector.score(images, score=score, heatmap=heatmap)
-            return {"scores": result.scores, "p_values": result.p_values, "heatmap": result.heatmap}
+            return {
+                "scores": result.scores,
+                "p_values": result.p_values,
+                "heatmap": result.heatmap,
+                "probability": result.probability,
+            }
 
         batcher = MicroBatcher(
             infer,
@@ -351,7 +360,15 @@ class ModelRegistry:
             on_depth=m.queue_depth.labels(name).set,
         )
         entry = ModelEntry(
-            name, path, sig, detector, batcher, DriftMonitor(s.drift_window, s.drift_min_samples), m
+            name,
+            path,
+            sig,
+            detector,
+            batcher,
+            DriftMonitor(
+                s.drift_window, s.drift_min_samples, reference_size=len(detector.reference())
+            ),
+            m,
         )
         old = self.entries.get(name)
         self.entries[name] = entry  # the atomic swap: new requests see the new model from here on

@@ -26,6 +26,9 @@ class ImageScore(BaseModel):
     is_anomaly: bool = Field(description="p_value <= alpha, equivalently score > threshold")
     threshold: float | None = Field(description="null when no score can reach p <= alpha")
     alpha: float
+    probability: float | None = Field(
+        None, description="P(anomaly), when the bundle was calibrated on labelled anomalies"
+    )
     heatmap: list[list[list[float]]] | None = Field(None, description="(C, H, W), when asked")
 
 
