@@ -118,3 +118,27 @@ def test_the_root_is_left_to_the_web_page(client):
 
     if not (STATIC_DIR / "index.html").exists():
         assert client.get("/").status_code == 404
+
+
+def test_bundles_with_a_probability_map_answer_p_anomaly(tmp_path, vae_bundle, digit_images):
+    from fastapi.testclient import TestClient
+
+    from detectors.bundle import Bundle, write_bundle
+    from detectors.supervised import fit_probability_map
+    from service.app import create_app
+    from service.settings import Settings
+
+    bundle = Bundle.read(vae_bundle)
+    name = bundle.metadata["default_score"]
+    reference = bundle.reference(name)
+    mapping = fit_probability_map(reference, reference + 1.0)
+    meta = dict(bundle.metadata)
+    meta["scores"] = {
+        **meta["scores"],
+        name: {**meta["scores"][name], "probability": mapping.to_json()},
+    }
+    write_bundle(bundle.model_bytes, meta, tmp_path / "mapped.onnx")
+    with TestClient(create_app(Settings(models_dir=tmp_path, watch_interval_s=0))) as client:
+        body = client.post("/v1/models/mapped/score", json={"images": digit_images.tolist()}).json()
+    probabilities = [r["probability"] for r in body["results"]]
+    assert all(0.0 <= p <= 1.0 for p in probabilities)
