@@ -195,7 +195,120 @@ def run_score(args) -> int:
     return 0
 
 
-COMMANDS = [add_train, add_info, add_evaluate, add_demo, add_score]
+
+
+# --- calibrate ------------------------------------------------------------------------------------
+def add_calibrate(sub) -> None:
+    p = sub.add_parser(
+        "calibrate", help="recompute a bundle's calibration on new normal images (metadata only)",
+        description="Score held-out normal images with the bundle's graph and store them as its "
+                    "reference; with labelled anomalies, also choose the operating point and fit "
+                    "maps from score to P(anomaly). Only the metadata is rewritten, atomically; "
+                    "on any error the file is left as it was.")
+    p.add_argument("bundle", help="FILE.onnx to recalibrate")
+    p.add_argument("--data", required=True, help="normal images never used in training (data spec)")
+    p.add_argument("--normal-classes", type=_classes, help="keep only these labels of --data")
+    p.add_argument("--alpha", type=_alpha, help="default false-positive rate (kept if not given)")
+    p.add_argument("--anomalous", help="labelled anomalous images (data spec)")
+    p.add_argument("--anomalous-classes", type=_classes,
+                   help="keep only these labels of --anomalous")
+    p.add_argument("--rule", choices=["fpr", "recall", "f1"],
+                   help="with --anomalous: choose alpha by a target false-positive rate, a target "
+                        "recall or the best F1 (default f1 unless --alpha is given)")
+    p.add_argument("--target", type=float, help="the false-positive rate or recall for --rule")
+    p.add_argument("--probability", choices=["isotonic", "logistic", "none"], default="isotonic",
+                   help="with --anomalous: map from score to P(anomaly) (default isotonic)")
+    p.add_argument("--anomaly-rate", type=float,
+                   help="share of anomalies the probabilities are stated for (default: the share "
+                        "in --data plus --anomalous)")
+    p.add_argument("--score",
+                   help="score the operating point is chosen for (default: the bundle's default)")
+    p.add_argument("--out", help="write here instead of rewriting the bundle in place")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.set_defaults(run=run_calibrate)
+
+
+def run_calibrate(args) -> int:
+    from detectors.bundle import Bundle, write_bundle
+    from detectors.datasets import load
+    from detectors.fitting import recalibrate
+
+    bundle = Bundle.read(args.bundle)
+    # Load everything before touching the file, so a bad spec leaves it as it was.
+    normal = load(args.data)
+    if args.normal_classes:
+        normal = normal.with_classes(args.normal_classes)
+    anomalous = None
+    if args.anomalous:
+        anomalous = load(args.anomalous)
+        if args.anomalous_classes:
+            anomalous = anomalous.with_classes(args.anomalous_classes)
+    elif args.rule or args.anomalous_classes:
+        msg = "calibrate: --rule and --anomalous-classes need --anomalous"
+        raise SystemExit(msg)
+    rule = args.rule or ("f1" if anomalous is not None and args.alpha is None else None)
+    source = normal.source + (f" classes {args.normal_classes}" if args.normal_classes else "")
+    meta, summary = recalibrate(
+        bundle, normal.images, alpha=args.alpha,
+        anomalous=None if anomalous is None else anomalous.images, rule=rule, target=args.target,
+        probability=None if args.probability == "none" else args.probability,
+        anomaly_rate=args.anomaly_rate, score=args.score, source=source,
+        anomalous_source=None if anomalous is None else anomalous.source, device=args.device)
+    meta["calibration"]["data_fingerprint"] = normal.fingerprint()
+    if normal.fingerprint() == bundle.metadata.get("training", {}).get("data_fingerprint"):
+        print("calibrate: warning: --data is the model's training data; p-values will be too small "
+              "(calibrate on images the model never saw)", file=sys.stderr)
+    out = args.out or args.bundle
+    written = write_bundle(bundle.model_bytes, meta, out)
+    print(json.dumps({"bundle": out, "sha256": written.sha256, **summary}, indent=2))
+    return 0
+
+
+# --- serve ---------------------------------------------------------------------------------------
+def add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve", help="serve every bundle in a folder over HTTP (scores, v2 protocol, metrics)",
+        description="Flags override NORMALCY_* environment variables (NORMALCY_API_KEY, "
+                    "NORMALCY_ADMIN_KEY, NORMALCY_MAX_BODY_BYTES, ...; see service/settings.py).")
+    p.add_argument("--models", help="folder of bundles; FILE.onnx serves as model FILE")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8000)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per model")
+    p.add_argument("--max-batch-size", type=int, help="images per ONNX Runtime call (64)")
+    p.add_argument("--max-wait-ms", type=float, help="longest an image waits for a batch (2)")
+    p.add_argument("--max-queue-images", type=int, help="queued images per model before 429 (1024)")
+    p.add_argument("--watch-interval-s", type=float, help="model folder poll period, 0 = off (2)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--no-access-log", dest="access_log", action="store_const", const=False)
+    p.set_defaults(run=run_serve)
+
+
+def run_serve(args) -> int:
+    import uvicorn
+    from pydantic import ValidationError
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    names = ["host", "port", "device", "threads", "max_batch_size", "max_wait_ms",
+             "max_queue_images", "watch_interval_s", "log_level", "access_log"]
+    flags = {name: getattr(args, name) for name in names} | {"models_dir": args.models}
+    try:
+        settings = Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+                             for e in error.errors())
+        print(f"normalcy serve: bad settings: {problems}", file=sys.stderr)
+        return 2
+    logging.getLogger().setLevel(settings.log_level.upper())
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level=settings.log_level, access_log=settings.access_log,
+                timeout_graceful_shutdown=int(settings.shutdown_timeout_s))
+    return 0
+
+
+COMMANDS = [add_train, add_info, add_evaluate, add_demo, add_score, add_calibrate, add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -82,6 +82,33 @@ def export_graph(graph: nn.Module, example: tuple[torch.Tensor, ...], input_name
         return path.read_bytes()
 
 
+# The default score of each model kind and why: one line to change when benchmarks/quality.py
+# (the highest worst-case AUROC across protocol 1 and the one-class means) supports another.
+DEFAULT_SCORES = {
+    "pixelcnn": ("nll_minus_zlib",
+                 "input-complexity correction (zlib): in benchmarks/results/quality.md (H200, 120 s "
+                 "per model) AUROC 0.989 on Fashion-MNIST vs MNIST against 0.051 for raw NLL and 0.62 "
+                 "for the likelihood ratio, which also moved by up to 0.08 between budgets on the "
+                 "one-class protocol; one-class means (0.57-0.60 MNIST, 0.70 Fashion-MNIST) are poor "
+                 "for every PixelCNN score, so the pair decides."),
+    "vae": ("iwae_minus_png",
+            "the highest worst case across protocols in benchmarks/results/quality.md (H200): AUROC "
+            "0.993 on Fashion-MNIST vs MNIST, one-class means 0.928 (MNIST) and 0.916 "
+            "(Fashion-MNIST); iwae_minus_zlib 0.997 / 0.915 / 0.910 and recon_mse 0.989 / 0.955 / "
+            "0.903 are close behind, raw bounds fail on the pair (0.35-0.41)."),
+}
+
+
+def default_score(kind: str, scores: dict) -> tuple[str, str]:
+    """The default score for a bundle offering `scores`, and the reason (falls back to the
+    complexity-corrected likelihood when the preferred score is not offered)."""
+    name, reason = DEFAULT_SCORES[kind]
+    if name in scores:
+        return name, reason
+    fallback = "nll_minus_zlib" if kind == "pixelcnn" else "iwae_minus_zlib"
+    return fallback, f"{name} is not offered by this bundle; {DEFAULT_SCORES[kind][1]}"
+
+
 def score_specs(kind: str, has_background: bool) -> tuple[dict, str]:
     """The scores a bundle offers (uncalibrated) and the default one."""
     def spec(kind_, output, description, **extra):
@@ -103,7 +130,7 @@ def score_specs(kind: str, has_background: bool) -> tuple[dict, str]:
                 "difference", "nll_bits_per_dim",
                 "NLL minus the background model's NLL (likelihood ratio, Ren et al. 2019)",
                 minus_output="background_nll_bits_per_dim")
-        return scores, "nll_minus_zlib"
+        return scores, default_score(kind, scores)[0]
     scores = {
         "neg_elbo": spec("output", "neg_elbo_bits_per_dim", "negative ELBO (K-sample average)"),
         "iwae": spec("output", "iwae_bits_per_dim", "importance-weighted bound with K samples"),
@@ -116,7 +143,7 @@ def score_specs(kind: str, has_background: bool) -> tuple[dict, str]:
         "recon_mse": {**spec("output", "recon_mse", "reconstruction error at the posterior mean"),
                       "units": "mean squared error, intensities in [0, 1]"},
     }
-    return scores, "iwae_minus_zlib"
+    return scores, default_score(kind, scores)[0]
 
 
 def export_graph_bytes(kind: str, model: nn.Module, image_shape: tuple[int, int, int], *,
@@ -156,6 +183,7 @@ def base_metadata(kind: str, model: nn.Module, image_shape: tuple[int, int, int]
                    "seed": noise_seed} if kind == "vae" else None),
         "scores": scores,
         "default_score": default,
+        "default_score_reason": default_score(kind, scores)[1],
         "heatmap": {"output": "nll_bits_map" if kind == "pixelcnn" else "recon_bits_map",
                     "units": "bits", "mean": None, "std": None},
         "calibration": {"alpha": alpha, "n_reference": 0, "data": None},
