@@ -136,6 +136,14 @@ def test_every_path_the_compose_files_name_exists(path):
                 assert (DOCKER / source).exists(), f"{name}: {volume}"
 
 
+def test_compose_gives_the_service_time_to_drain(tmp_path):
+    from service.settings import Settings
+
+    grace = load_yaml(COMPOSE)["services"]["normalcy"]["stop_grace_period"]
+    assert grace.endswith("s")
+    assert float(grace[:-1]) > Settings(models_dir=tmp_path).shutdown_timeout_s
+
+
 def test_compose_publishes_the_port_the_image_listens_on():
     service = load_yaml(COMPOSE)["services"]["normalcy"]
     port = option(image_command(), "--port")

@@ -233,3 +233,13 @@ def test_config_map_holds_valid_settings(tmp_path, monkeypatch):
     assert settings.threads == _quantity(container("base")["resources"]["limits"]["cpu"]) - 1
     secret_env = {e["name"] for e in container("base")["env"] if "secretKeyRef" in e["valueFrom"]}
     assert secret_env <= fields
+
+
+def test_pod_is_given_time_to_drain_before_it_is_killed(tmp_path):
+    from service.settings import Settings
+
+    pod = objects("base")["Deployment"]["spec"]["template"]["spec"]
+    drain_s = Settings(models_dir=tmp_path).shutdown_timeout_s
+    pre_stop = container("base")["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    assert pod["terminationGracePeriodSeconds"] > int(pre_stop[1]) + drain_s
