@@ -163,20 +163,12 @@ class PixelCNN(nn.Module):
         """Negative log-likelihood per image in bits per dimension, (B,)."""
         return self.nll_bits_map(x, label).flatten(1).mean(1)
 
-    @torch.no_grad()
     def sample(self, n: int, height: int, width: int, *, label: torch.Tensor | None = None,
                temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw n images (n, C, H, W) uint8, pixel by pixel and channel by channel.
 
-        Each step reruns the network only on the rows that can still change the next pixel: the
-        rows up to the current one (the receptive field never looks down).
+        Every feature is computed once and kept (see `sampling.py`), batched over the n images.
         """
-        device = next(self.parameters()).device
-        x = torch.zeros(n, self.cfg.channels, height, width, dtype=torch.uint8, device=device)
-        for i in range(height):
-            for j in range(width):
-                for c in range(self.cfg.channels):
-                    logits = self(x[:, :, : i + 1], label)[:, c, :, i, j] / temperature  # (n, 256)
-                    probs = F.softmax(logits.float(), dim=1)
-                    x[:, c, i, j] = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(torch.uint8)
-        return x
+        from .sampling import sample
+
+        return sample(self, n, height, width, label=label, temperature=temperature, generator=generator)
