@@ -129,7 +129,9 @@ def export_graph_bytes(kind: str, model: nn.Module, image_shape: tuple[int, int,
     label_name = [LABEL_INPUT] if conditional else []
     if kind == "pixelcnn":
         return export_graph(PixelCNNGraph(model, background), (x, *label), [IMAGE_INPUT, *label_name])
-    noise = torch.randn(2, samples, cfg.latent)
+    # The example's sample count must differ from every static size, or the exporter fixes it.
+    example_k = next(k for k in range(3, 64) if k not in (cfg.latent, *image_shape))
+    noise = torch.randn(2, example_k, cfg.latent)
     return export_graph(VAEGraph(model), (x, noise, *label), [IMAGE_INPUT, NOISE_INPUT, *label_name])
 
 

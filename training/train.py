@@ -130,11 +130,16 @@ def fit(kind: str, model_config: dict, splits: Splits, cfg: TrainConfig, *,
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def schedule(step: int) -> float:
+        """Linear warm-up, then cosine decay to 5% over the epochs or the time budget, whichever
+        runs out first (a budgeted run still ends with a small learning rate)."""
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
-        progress_fraction = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
-        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress_fraction))
+        fraction = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+        if cfg.max_minutes:
+            fraction = max(fraction, (time.monotonic() - started) / (60 * cfg.max_minutes))
+        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, fraction)))
 
+    started = time.monotonic()
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     state = {"epoch": 0, "history": [], "best_val": math.inf, "best_state": None, "bad_epochs": 0}
     if resume and checkpoint and Path(checkpoint).exists():
@@ -148,7 +153,6 @@ def fit(kind: str, model_config: dict, splits: Splits, cfg: TrainConfig, *,
 
     use_amp = device.type == "cuda"
     generator = torch.Generator().manual_seed(cfg.seed + 1)
-    started = time.monotonic()
     stopped = "epochs"
     while state["epoch"] < cfg.epochs and stopped == "epochs":
         model.train()
@@ -193,7 +197,8 @@ def fit(kind: str, model_config: dict, splits: Splits, cfg: TrainConfig, *,
         if checkpoint:
             save_checkpoint(checkpoint, kind, model_config, cfg, model, optimizer, scheduler, state, extra)
 
-    model.load_state_dict(state["best_state"])
+    if state["best_state"] is not None:  # None only if every validation score was NaN
+        model.load_state_dict(state["best_state"])
     model.eval()
     return model, TrainResult(state["epoch"], state["best_val"], state["history"], stopped)
 

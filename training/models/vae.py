@@ -139,9 +139,10 @@ class VAE(nn.Module):
         mu, logvar = self.encode(x, label)
         std = torch.exp(0.5 * logvar)
         z = mu[:, None] + std[:, None] * eps  # (B, K, latent)
-        rep_label = None if label is None else label.repeat_interleave(k)
+        # expand + reshape rather than repeat_interleave(k): keeps K symbolic in the exported graph
+        rep_label = None if label is None else label[:, None].expand(b, k).reshape(b * k)
         params = self.decode(z.reshape(b * k, -1), rep_label)
-        x_rep = x.repeat_interleave(k, dim=0)
+        x_rep = x[:, None].expand(b, k, *x.shape[1:]).reshape(b * k, *x.shape[1:])
         log_px = self.log_likelihood_map(x_rep, params).view(b, k, *x.shape[1:])  # (B, K, C, H, W)
         log_px_sum = log_px.flatten(2).sum(2)  # (B, K)
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)  # (B,)
@@ -149,7 +150,8 @@ class VAE(nn.Module):
         log_pz = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(2)  # (B, K)
         log_qz = -0.5 * (eps.pow(2) + math.log(2 * math.pi)).sum(2) - 0.5 * logvar.sum(1, keepdim=True)
         log_w = log_px_sum + log_pz - log_qz
-        iwae = -(torch.logsumexp(log_w, dim=1) - math.log(k))
+        # log K as a tensor (math.log(k) would freeze K into the exported graph)
+        iwae = -(torch.logsumexp(log_w, dim=1) - torch.log(torch.ones_like(log_w).sum(1)))
         recon_map = -log_px.mean(1) / _LOG2
         mean_image = self.decoder_mean(self.decode(mu, label))
         recon_mse = (mean_image - x.float() / 255.0).pow(2).flatten(1).mean(1)

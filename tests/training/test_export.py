@@ -1,0 +1,73 @@
+"""The exported graph computes what the torch model computes, for any batch size, in one file."""
+
+import numpy as np
+import pytest
+import torch
+
+from detectors.bundle import Bundle
+from detectors.runtime import OnnxSession
+from training.train import model_from_checkpoint
+
+
+def _batch(n=7):
+    from detectors.datasets import load_digits
+
+    return load_digits("test").images[:n]
+
+
+def test_pixelcnn_bundle_matches_torch_within_1e_4_bits_per_dim(pixelcnn_bundle):
+    _, model, _ = model_from_checkpoint(pixelcnn_bundle.with_suffix(".pt"))
+    _, background, _ = model_from_checkpoint(pixelcnn_bundle.with_name("pixelcnn.background.pt"))
+    images = _batch()
+    session = OnnxSession(Bundle.read(pixelcnn_bundle), device="cpu")
+    out = session.run(images, ["nll_bits_per_dim", "nll_bits_map", "background_nll_bits_per_dim"])
+    with torch.no_grad():
+        x = torch.from_numpy(images)
+        expected_map = model.nll_bits_map(x).numpy()
+        expected_bg = background.bits_per_dim(x).numpy()
+    np.testing.assert_allclose(out["nll_bits_per_dim"], expected_map.mean((1, 2, 3)), atol=1e-4)
+    np.testing.assert_allclose(out["nll_bits_map"], expected_map, atol=1e-3)
+    np.testing.assert_allclose(out["background_nll_bits_per_dim"], expected_bg, atol=1e-4)
+
+
+def test_vae_bundle_matches_torch_within_1e_4_bits_per_dim(vae_bundle):
+    _, model, _ = model_from_checkpoint(vae_bundle.with_suffix(".pt"))
+    bundle = Bundle.read(vae_bundle)
+    images = _batch()
+    noise = np.random.default_rng(0).standard_normal((len(images), 3, model.cfg.latent)).astype(np.float32)
+    names = ["neg_elbo_bits_per_dim", "iwae_bits_per_dim", "recon_bits_map", "recon_mse"]
+    got = OnnxSession(bundle, device="cpu").session.run(names, {"images": images, "noise": noise})
+    with torch.no_grad():
+        expected = model.scores(torch.from_numpy(images), torch.from_numpy(noise))
+    for name, value, reference in zip(names, got, expected, strict=True):
+        np.testing.assert_allclose(value, reference.numpy(), atol=1e-4, rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 64])
+def test_graph_has_a_dynamic_batch_axis(pixelcnn_bundle, vae_bundle, batch):
+    images = np.resize(_batch(8), (batch, 1, 8, 8))
+    for path in (pixelcnn_bundle, vae_bundle):
+        bundle = Bundle.read(path)
+        session = OnnxSession(bundle, device="cpu")
+        output = "nll_bits_per_dim" if bundle.kind == "pixelcnn" else "iwae_bits_per_dim"
+        assert session.run(images, [output])[output].shape == (batch,)
+
+
+def test_a_bundle_is_one_file_with_no_external_data(pixelcnn_bundle, vae_bundle):
+    for path in (pixelcnn_bundle, vae_bundle):
+        siblings = {p.name for p in path.parent.iterdir()}
+        assert not any(name.endswith(".data") for name in siblings), siblings
+        assert b"external_data" not in path.read_bytes()
+
+
+def test_graph_outputs_are_per_image_scores_not_logits(pixelcnn_bundle):
+    session = OnnxSession(Bundle.read(pixelcnn_bundle), device="cpu").session
+    shapes = {o.name: o.shape for o in session.get_outputs()}
+    assert len(shapes["nll_bits_per_dim"]) == 1
+    assert shapes["nll_bits_map"][1:] == [1, 8, 8]  # (B, C, H, W): no 256-way axis leaves the graph
+
+
+def test_checkpoint_rebuilds_its_own_model_with_weights_only(pixelcnn_bundle):
+    kind, model, ckpt = model_from_checkpoint(pixelcnn_bundle.with_suffix(".pt"))
+    assert kind == "pixelcnn"
+    assert model.cfg.hidden == ckpt["model_config"]["hidden"] == 16
