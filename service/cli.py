@@ -52,6 +52,8 @@ def add_train(sub) -> None:
                    help="PixelCNN: also fit a background model on pixels substituted at this rate "
                         "(adds the likelihood_ratio score)")
     p.add_argument("--alpha", type=_alpha, default=0.01, help="default false-positive rate")
+    p.add_argument("--conditional", action="store_true",
+                   help="class-conditional model: trained, calibrated and scored with labels")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run_train)
 
@@ -63,7 +65,8 @@ def run_train(args) -> int:
     names = {"pixelcnn": ("hidden", "layers", "kernel"), "vae": ("hidden", "latent", "likelihood")}
     model = {k: getattr(args, k) for k in names[args.kind] if getattr(args, k) is not None}
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-                        max_minutes=args.max_minutes, seed=args.seed, device=args.device)
+                        max_minutes=args.max_minutes, seed=args.seed, device=args.device,
+                        conditional=args.conditional)
     job = TrainJob(args.kind, args.data, args.out, normal_classes=args.normal_classes, model=model,
                    train=train, background_rate=args.background_rate, alpha=args.alpha,
                    samples=args.samples, progress=not args.no_progress, resume=args.resume)
@@ -123,13 +126,18 @@ def run_evaluate(args) -> int:
         if data.labels is None:
             raise SystemExit(f"evaluate: {args.data} has no labels")
         is_normal = np.isin(data.labels, args.normal_classes)
-        normal, anomalous = data.images[is_normal], data.images[~is_normal]
+        normal, anomalous = data.select(is_normal), data.select(~is_normal)
     elif args.normal:
-        normal = load(args.normal).images
-        anomalous = load(args.anomalous).images if args.anomalous else None
+        normal = load(args.normal)
+        anomalous = load(args.anomalous) if args.anomalous else None
     else:
         raise SystemExit("evaluate: give --normal [--anomalous] or --data with --normal-classes")
-    report = evaluate(Detector.load(args.bundle, device="cpu"), normal, anomalous, alpha=args.alpha)
+    detector = Detector.load(args.bundle, device="cpu")
+    # A conditional bundle scores each image given its own label from the data.
+    labels_of = (lambda s: s.labels) if detector.conditional else (lambda s: None)
+    report = evaluate(detector, normal.images, anomalous and anomalous.images, alpha=args.alpha,
+                      normal_labels=labels_of(normal),
+                      anomalous_labels=anomalous and labels_of(anomalous))
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0
 

@@ -49,20 +49,40 @@ def _flat(weight: torch.Tensor) -> torch.Tensor:
 class _Layer:
     """One gated layer's weights, masks multiplied in, shaped for one-column products."""
 
-    def __init__(self, layer, label: torch.Tensor | None):
+    def __init__(self, layer, label: torch.Tensor | None, maps: torch.Tensor | None):
         self.first = layer.first
         self.v_weight, self.v_bias = layer.v_conv.weight, layer.v_conv.bias  # (2F, in, kh, k)
         self.v_to_h = _flat(layer.v_to_h.weight)  # (2F, 2F)
-        # Constant per image: added to every horizontal pre-activation.
-        self.h_const = layer.v_to_h.bias + layer.h_conv.bias  # (2F,)
         h_weight = (layer.h_conv.weight * layer.h_conv.mask)[:, :, 0, :]  # (2F, in, kw)
-        self.h_weight = h_weight.permute(2, 1, 0).reshape(-1, h_weight.shape[0]).contiguous()  # (kw*in, 2F)
-        self.out_weight, self.out_bias = _flat(layer.h_out.weight * layer.h_out.mask), layer.h_out.bias
-        self.label_v = 0.0
+        # (kw*in, 2F), rows ordered like a (kw, in) window
+        self.h_weight = h_weight.permute(2, 1, 0).reshape(-1, h_weight.shape[0]).contiguous()
+        self.out_weight = _flat(layer.h_out.weight * layer.h_out.mask)
+        self.out_bias = layer.h_out.bias
+        # What a row adds to the pre-activations besides the convolutions: biases, and for a
+        # class-conditional model the label's bias, per position when it has label maps.
+        self.h_bias = layer.v_to_h.bias + layer.h_conv.bias  # (2F,)
+        self.v_label = self.v_label_rows = self.h_label_rows = None
         if layer.label_bias is not None:
-            label_v, label_h = layer.label_bias(label).chunk(2, dim=1)  # (B, 2F) each
-            self.label_v = label_v[:, :, None]
-            self.h_const = self.h_const + label_h[:, None, :]  # (B, 1, 2F)
+            v_label, h_label = layer.label_bias(label).chunk(2, dim=1)  # (B, 2F) each
+            self.v_label = v_label[:, :, None]
+            self.h_bias = self.h_bias + h_label[:, None, :]  # (B, 1, 2F)
+            if layer.label_spatial is not None:
+                v_rows, h_rows = layer.label_spatial(maps).chunk(2, dim=1)  # (B, 2F, H, W) each
+                self.v_label_rows, self.h_label_rows = v_rows, h_rows.permute(0, 2, 3, 1)
+
+    def h_row_bias(self, row: int) -> torch.Tensor:
+        """The constant part of row `row`'s horizontal pre-activation, broadcasts to (B, W, 2F)."""
+        if self.h_label_rows is None:
+            return self.h_bias
+        return self.h_bias + self.h_label_rows[:, row]
+
+    def v_row_bias(self, row: int) -> torch.Tensor | float:
+        """The label's part of row `row`'s vertical pre-activation, broadcastable to (B, 2F, W)."""
+        if self.v_label is None:
+            return 0.0
+        if self.v_label_rows is None:
+            return self.v_label
+        return self.v_label + self.v_label_rows[:, :, row]
 
 
 def _gate(x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +97,12 @@ def autoregress(model: PixelCNN, n: int, height: int, width: int, choose: Choose
     cfg = model.cfg
     assert (label is not None) == bool(cfg.num_classes), "label iff class-conditional"
     device = next(model.parameters()).device
-    layers = [_Layer(layer, label) for layer in model.layers]
+    maps = None
+    if model.label_maps is not None:
+        assert height <= cfg.height, "label maps fix the largest image size"
+        assert width <= cfg.width, "label maps fix the largest image size"
+        maps = model.label_maps[label][:, :, :height, :width]
+    layers = [_Layer(layer, label, maps) for layer in model.layers]
     head_1, head_2 = model.head[0], model.head[2]
     head_1_weight = _flat(head_1.weight * head_1.mask)
     head_2_weight = _flat(head_2.weight * head_2.mask)  # (head, C*256), channel-group major
@@ -92,7 +117,7 @@ def autoregress(model: PixelCNN, n: int, height: int, width: int, choose: Choose
             for ch in [channels] + [hidden] * (len(layers) - 1)]
     # Per layer, the horizontal pre-activation's row constant, (n, W, 2F): v_to_h of the row above
     # plus biases. Row 0 sees zeros above.
-    h_const = [layer.h_const.expand(n, width, -1).contiguous() for layer in layers]
+    h_const = [layer.h_row_bias(0).expand(n, width, -1).contiguous() for layer in layers]
     x = torch.zeros(n, channels, height, width, dtype=torch.uint8, device=device)
 
     for i in range(height):
@@ -118,10 +143,12 @@ def autoregress(model: PixelCNN, n: int, height: int, width: int, choose: Choose
         v_in[0][:, :, i + kh - 1, half:half + width] = x[:, :, i].float() / 127.5 - 1.0
         for index, layer in enumerate(layers):
             v_feat = F.conv2d(v_in[index][:, :, i:i + kh], layer.v_weight, layer.v_bias)[:, :, 0]
-            h_const[index] = (v_feat.transpose(1, 2) @ layer.v_to_h).add_(layer.h_const)
+            if i + 1 < height:
+                above = v_feat.transpose(1, 2) @ layer.v_to_h  # (n, W, 2F)
+                h_const[index] = above.add_(layer.h_row_bias(i + 1))
             if index + 1 < len(layers):
                 v_in[index + 1][:, :, i + kh - 1, half:half + width] = _gate_channels(
-                    v_feat + layer.label_v)
+                    v_feat + layer.v_row_bias(i))
     return x
 
 
