@@ -55,6 +55,8 @@ def add_train(sub) -> None:
     p.add_argument("--conditional", action="store_true",
                    help="class-conditional model: trained, calibrated and scored with labels")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-report", action="store_true",
+                   help="skip the HTML training report (written to <out stem>-report/ by default)")
     p.set_defaults(run=run_train)
 
 
@@ -71,6 +73,10 @@ def run_train(args) -> int:
                    train=train, background_rate=args.background_rate, alpha=args.alpha,
                    samples=args.samples, progress=not args.no_progress, resume=args.resume)
     _, summary = run(job)
+    if not args.no_report:
+        from training.report import report_after_training
+
+        summary["report"] = str(report_after_training(job).page)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -142,6 +148,44 @@ def run_evaluate(args) -> int:
     return 0
 
 
+# --- report --------------------------------------------------------------------------------------
+def add_report(sub) -> None:
+    p = sub.add_parser("report", help="HTML page with figures: training curve, samples, "
+                                      "reconstructions, score histograms, ROC, calibration")
+    p.add_argument("source", help="a bundle FILE.onnx or checkpoint FILE.pt (each finds the other "
+                                  "beside it)")
+    p.add_argument("--data", required=True, help="data spec of normal images (held out from "
+                                                 "training)")
+    p.add_argument("--anomalous", help="data spec of anomalous images")
+    p.add_argument("--normal-classes", type=_classes,
+                   help="with labelled --data: these classes are normal, the rest anomalous "
+                        "(default: the bundle's training classes)")
+    p.add_argument("--out", required=True, help="folder for index.html, the PNGs and report.json")
+    p.add_argument("--alpha", type=_alpha, help="false-positive rate for thresholds (default: the "
+                                                "bundle's)")
+    p.add_argument("--samples", type=int, default=64, help="images to sample")
+    p.add_argument("--max-images", type=int, default=2000, help="score at most this many images "
+                                                                "per set")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="for sampling")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run_report)
+
+
+def run_report(args) -> int:
+    from training.report import report_from_specs
+
+    report = report_from_specs(args.source, args.data, args.out, anomalous=args.anomalous,
+                               normal_classes=args.normal_classes, alpha=args.alpha,
+                               n_samples=args.samples, max_images=args.max_images, seed=args.seed,
+                               device=args.device, progress=not args.no_progress)
+    print(json.dumps({"page": str(report.page), "figures": [f.file for f in report.figures],
+                      "omitted": report.omitted, **{k: v for k, v in report.metrics.items()
+                                                     if k in ("auroc", "fpr_at_alpha", "alpha")}},
+                     indent=2))
+    return 0
+
+
 # --- demo ------------------------------------------------------------------------------------------
 def add_demo(sub) -> None:
     p = sub.add_parser("demo", help="train both models on the bundled digits and print their quality")
@@ -157,7 +201,7 @@ def run_demo(args) -> int:
     return 0
 
 
-COMMANDS = [add_train, add_info, add_evaluate, add_demo]
+COMMANDS = [add_train, add_info, add_evaluate, add_demo, add_report]
 
 
 def build_parser() -> argparse.ArgumentParser:

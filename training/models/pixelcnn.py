@@ -183,11 +183,13 @@ class PixelCNN(nn.Module):
         return self.nll_bits_map(x, label).flatten(1).mean(1)
 
     def sample(self, n: int, height: int, width: int, *, label: torch.Tensor | None = None,
-               temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+               temperature: float = 1.0, generator: torch.Generator | None = None,
+               progress: bool = False) -> torch.Tensor:
         """Draw n images (n, C, H, W) uint8, pixel by pixel and channel by channel.
 
         Every feature is computed once and kept (see `sampling.py`), batched over the n images.
         """
         from .sampling import sample
 
-        return sample(self, n, height, width, label=label, temperature=temperature, generator=generator)
+        return sample(self, n, height, width, label=label, temperature=temperature,
+                      generator=generator, progress=progress)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from .pixelcnn import LEVELS, PixelCNN
 
@@ -92,7 +93,7 @@ def _gate(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def autoregress(model: PixelCNN, n: int, height: int, width: int, choose: Chooser, *,
-                label: torch.Tensor | None = None) -> torch.Tensor:
+                label: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
     """Fill n images (n, C, H, W) uint8 in raster order, asking `choose` for every sub-pixel."""
     cfg = model.cfg
     assert (label is not None) == bool(cfg.num_classes), "label iff class-conditional"
@@ -120,7 +121,7 @@ def autoregress(model: PixelCNN, n: int, height: int, width: int, choose: Choose
     h_const = [layer.h_row_bias(0).expand(n, width, -1).contiguous() for layer in layers]
     x = torch.zeros(n, channels, height, width, dtype=torch.uint8, device=device)
 
-    for i in range(height):
+    for i in tqdm(range(height), desc="sampling rows", unit="row", disable=not progress, leave=False):
         # Horizontal inputs of every layer for the current row, kw - 1 zero columns on the left.
         h_in = [torch.zeros(n, width + kw - 1, ch, device=device)
                 for ch in [channels] + [hidden] * len(layers)]
@@ -159,12 +160,13 @@ def _gate_channels(x: torch.Tensor) -> torch.Tensor:
 
 
 def sample(model: PixelCNN, n: int, height: int, width: int, *, label: torch.Tensor | None = None,
-           temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Draw n images (n, C, H, W) uint8 with the cached sampler."""
+           temperature: float = 1.0, generator: torch.Generator | None = None,
+           progress: bool = False) -> torch.Tensor:
+    """Draw n images (n, C, H, W) uint8 with the cached sampler (a progress bar over rows)."""
     def draw(logits: torch.Tensor, i: int, j: int, c: int) -> torch.Tensor:
         return draw_levels(logits, temperature, generator)
 
-    return autoregress(model, n, height, width, draw, label=label)
+    return autoregress(model, n, height, width, draw, label=label, progress=progress)
 
 
 @torch.no_grad()
