@@ -70,7 +70,8 @@ def test_exported_conditional_graph_matches_torch(kind, request):
         with torch.no_grad():
             expected = model.bits_per_dim(x, y).numpy()
     else:
-        noise = np.random.default_rng(0).standard_normal((9, 3, model.cfg.latent)).astype(np.float32)
+        rng = np.random.default_rng(0)
+        noise = rng.standard_normal((9, 3, model.cfg.latent)).astype(np.float32)
         got = session.session.run(["neg_elbo_bits_per_dim"],
                                   {"images": images, "noise": noise, "labels": labels})[0]
         with torch.no_grad():
@@ -93,9 +94,9 @@ def test_calibration_reference_is_scored_with_the_true_labels(conditional_pixelc
 
 def test_train_command_trains_a_conditional_bundle(tmp_path, capsys):
     out = tmp_path / "cond.onnx"
-    code = main(["train", "vae", "--data", "digits:train", "--normal-classes", "1,3", "--out", str(out),
-                 "--epochs", "1", "--latent", "2", "--hidden", "4", "--conditional", "--no-progress",
-                 "--no-report"])
+    code = main(["train", "vae", "--data", "digits:train", "--normal-classes", "1,3",
+                 "--out", str(out), "--epochs", "1", "--latent", "2", "--hidden", "4",
+                 "--conditional", "--no-progress", "--no-report"])
     assert code == 0
     assert json.loads(capsys.readouterr().out)["bundle"] == str(out)
     labels = Bundle.read(out).metadata["labels"]

@@ -1,5 +1,5 @@
 """`normalcy report`: an HTML page whose figures all exist as PNGs, built from a bundle and/or the
-checkpoint beside it, saying what it left out; and `normalcy train` writes one unless told not to."""
+checkpoint beside it, saying what it left out; `normalcy train` writes one unless told not to."""
 
 import json
 import re

@@ -121,7 +121,8 @@ def autoregress(model: PixelCNN, n: int, height: int, width: int, choose: Choose
     h_const = [layer.h_row_bias(0).expand(n, width, -1).contiguous() for layer in layers]
     x = torch.zeros(n, channels, height, width, dtype=torch.uint8, device=device)
 
-    for i in tqdm(range(height), desc="sampling rows", unit="row", disable=not progress, leave=False):
+    rows = tqdm(range(height), desc="sampling rows", unit="row", disable=not progress, leave=False)
+    for i in rows:
         # Horizontal inputs of every layer for the current row, kw - 1 zero columns on the left.
         h_in = [torch.zeros(n, width + kw - 1, ch, device=device)
                 for ch in [channels] + [hidden] * len(layers)]
