@@ -261,7 +261,7 @@ function histogram(meta, result) {
   const spec = meta.scores[result.score_name];
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
-  const W = 320, H = 130, left = 8, right = 8, top = 18, bottom = 22;
+  const W = 320, H = 140, left = 8, right = 8, top = 28, bottom = 20;
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   svg.setAttribute("class", "histogram");
   svg.setAttribute("role", "img");
@@ -301,8 +301,8 @@ function histogram(meta, result) {
   add("circle", { cx: x(result.score), cy: top, r: 4, fill: colour });
   add("text", { x: left, y: H - 6 }, lo.toFixed(2));
   add("text", { x: W - right, y: H - 6, "text-anchor": "end" }, hi.toFixed(2));
-  add("text", { x: W / 2, y: H - 6, "text-anchor": "middle" },
-    `${result.score_name}: ${counts.reduce((a, b) => a + b, 0)} calibration scores, dashed = threshold`);
+  add("text", { x: left, y: 10 }, `this image among ${counts.reduce((a, b) => a + b, 0)} `
+    + `calibration scores (${result.score_name}); dashed: threshold`);
   add("title", {}, `this image's score ${result.score.toFixed(4)} among the calibration scores`);
   return svg;
 }
