@@ -15,10 +15,11 @@ from detectors.bundle import Bundle, write_bundle
 from detectors.errors import InputError
 from detectors.fitting import calibrated_metadata
 
+from . import distributed
 from .data import ImageSet, load, split
 from .export import base_metadata, export_graph_bytes
 from .models import PixelCNNConfig, VAEConfig
-from .train import TrainConfig, fit
+from .train import TrainConfig, fit, resolve_device
 
 
 @dataclass
@@ -66,8 +67,11 @@ def model_config(kind: str, data: ImageSet, overrides: dict | None, *,
     return asdict(VAEConfig(channels=channels, height=height, width=width, **overrides))
 
 
-def run(job: TrainJob) -> tuple[Bundle, dict]:
-    """Train, export and calibrate; returns the written bundle and a summary of what happened."""
+def run(job: TrainJob) -> tuple[Bundle | None, dict | None]:
+    """Train, export and calibrate; returns the written bundle and a summary of what happened.
+
+    Under torchrun every rank trains its shard (see training/distributed.py) and only rank 0 exports
+    and writes the bundle; the other ranks return (None, None)."""
     out = Path(job.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     data = prepare_data(job.data, job.normal_classes)
@@ -76,6 +80,7 @@ def run(job: TrainJob) -> tuple[Bundle, dict]:
     cfg = job.train or TrainConfig()
     config = model_config(job.kind, data, job.model, conditional=cfg.conditional)
     classes = sorted(set(data.labels.tolist())) if cfg.conditional else None
+    world = distributed.setup(cuda=resolve_device(cfg.device).type == "cuda")
     started = time.monotonic()
     model, result = fit(job.kind, config, splits, cfg, checkpoint=out.with_suffix(".pt"),
                         resume=job.resume, progress=job.progress)
@@ -89,6 +94,9 @@ def run(job: TrainJob) -> tuple[Bundle, dict]:
                                             checkpoint=out.with_name(out.stem + ".background.pt"),
                                             resume=job.resume, progress=job.progress)
     train_seconds = time.monotonic() - started
+    distributed.teardown(world)
+    if not world.is_main:
+        return None, None
 
     image_shape = tuple(int(d) for d in data.images.shape[1:])
     graph = export_graph_bytes(job.kind, model.cpu(), image_shape, background=background and background.cpu(),

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from . import distributed
 from .data import ImageSet, Splits, perturb
 from .models import VAE, PixelCNN, PixelCNNConfig, VAEConfig
 
@@ -96,18 +97,37 @@ def _tensors(data: ImageSet) -> tuple[torch.Tensor, torch.Tensor | None]:
     return images, labels
 
 
+class Objective(nn.Module):
+    """The per-image loss as a module's forward, which DistributedDataParallel needs to wrap."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        return objective(self.model, x, label)
+
+
 @torch.no_grad()
 def evaluate_bits_per_dim(model: nn.Module, data: ImageSet, *, batch_size: int = 256,
-                          device: torch.device | str = "cpu", conditional: bool = False) -> float:
-    """Mean bits/dim of `model` over `data` (exact for the PixelCNN, one-sample bound for the VAE)."""
+                          device: torch.device | str = "cpu", conditional: bool = False,
+                          world: distributed.World | None = None) -> float:
+    """Mean bits/dim of `model` over `data` (exact for the PixelCNN, one-sample bound for the VAE).
+
+    With a distributed `world`, each rank scores its share and the sums are added over the ranks,
+    so every rank gets the same value."""
+    world = world or distributed.World()
     model.eval()
     images, labels = _tensors(data)
+    rows = torch.arange(world.rank, len(images), world.world_size)
     total = 0.0
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device)
-        y = labels[start:start + batch_size].to(device) if conditional else None
+    for start in range(0, len(rows), batch_size):
+        index = rows[start:start + batch_size]
+        x = images[index].to(device)
+        y = labels[index].to(device) if conditional else None
         total += objective(model, x, y).double().sum().item()
-    return total / len(images)
+    total, count = distributed.all_sum([total, float(len(rows))], world)
+    return total / count
 
 
 def fit(kind: str, model_config: dict, splits: Splits, cfg: TrainConfig, *,
@@ -119,13 +139,15 @@ def fit(kind: str, model_config: dict, splits: Splits, cfg: TrainConfig, *,
     from it. Returns the model holding the best validation weights, in eval mode.
     """
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    world = distributed.current()  # a world of one unless started by torchrun (see distributed.py)
+    progress = progress and world.is_main
+    device = distributed.device_for(resolve_device(cfg.device), world)
     model = build_model(kind, model_config).to(device)
     if cfg.conditional and splits.train.labels is None:
         msg = "a conditional model needs labelled training data"
         raise ValueError(msg)
     images, labels = _tensors(splits.train)
-    steps_per_epoch = math.ceil(len(images) / cfg.batch_size)
+    steps_per_epoch = math.ceil(distributed.shard_size(len(images), world) / cfg.batch_size)
     total_steps = max(1, cfg.epochs * steps_per_epoch)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -136,10 +158,10 @@ def fit(kind: str, model_config: dict, splits: Splits, cfg: TrainConfig, *,
             return (step + 1) / cfg.warmup_steps
         fraction = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
         if cfg.max_minutes:
-            fraction = max(fraction, (time.monotonic() - started) / (60 * cfg.max_minutes))
+            fraction = max(fraction, clock.elapsed() / (60 * cfg.max_minutes))
         return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, fraction)))
 
-    started = time.monotonic()
+    clock = distributed.Clock(world)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     state = {"epoch": 0, "history": [], "best_val": math.inf, "best_state": None, "bad_epochs": 0}
     if resume and checkpoint and Path(checkpoint).exists():
@@ -152,12 +174,14 @@ def fit(kind: str, model_config: dict, splits: Splits, cfg: TrainConfig, *,
         torch.set_rng_state(ckpt["rng"])
 
     use_amp = device.type == "cuda"
-    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    generator = torch.Generator().manual_seed(cfg.seed + 1 + 7919 * world.rank)
+    step_loss = distributed.wrap(Objective(model), world, device)
     stopped = "epochs"
     while state["epoch"] < cfg.epochs and stopped == "epochs":
         model.train()
         epoch_start = time.monotonic()
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed + state["epoch"]))
+        order = distributed.shard(order, world)  # one permutation on every rank, cut in shards
         losses = []
         bar = tqdm(range(steps_per_epoch), desc=f"{kind} epoch {state['epoch'] + 1}/{cfg.epochs}",
                    disable=not progress, leave=False, unit="batch")
@@ -168,24 +192,29 @@ def fit(kind: str, model_config: dict, splits: Splits, cfg: TrainConfig, *,
             if cfg.perturb_rate > 0:
                 x = perturb(x.cpu(), cfg.perturb_rate, generator).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = objective(model, x, y).mean()
+                loss = step_loss(x, y).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
+            if cfg.max_minutes is not None:
+                clock.sync()
             scheduler.step()
             losses.append(loss.item())
             bar.set_postfix(bits_per_dim=f"{np.mean(losses[-20:]):.3f}")
-            if cfg.max_minutes is not None and time.monotonic() - started > 60 * cfg.max_minutes:
+            if cfg.max_minutes is not None and clock.elapsed() > 60 * cfg.max_minutes:
                 stopped = "budget"
                 break
-        val = evaluate_bits_per_dim(model, splits.validation, device=device, conditional=cfg.conditional)
+        val = evaluate_bits_per_dim(model, splits.validation, device=device,
+                                    conditional=cfg.conditional, world=world)
+        loss_sum, loss_count = distributed.all_sum([float(np.sum(losses)), len(losses)], world)
         state["epoch"] += 1
-        state["history"].append({"epoch": state["epoch"], "train_bits_per_dim": float(np.mean(losses)),
+        state["history"].append({"epoch": state["epoch"],
+                                 "train_bits_per_dim": loss_sum / loss_count,
                                  "validation_bits_per_dim": val,
                                  "seconds": time.monotonic() - epoch_start})
         if progress:
-            tqdm.write(f"{kind} epoch {state['epoch']}: train {np.mean(losses):.4f} "
+            tqdm.write(f"{kind} epoch {state['epoch']}: train {loss_sum / loss_count:.4f} "
                        f"validation {val:.4f} bits/dim")
         if val < state["best_val"]:
             state.update(best_val=val, bad_epochs=0,
@@ -194,7 +223,7 @@ def fit(kind: str, model_config: dict, splits: Splits, cfg: TrainConfig, *,
             state["bad_epochs"] += 1
             if state["bad_epochs"] >= cfg.patience and stopped == "epochs":
                 stopped = "early_stopping"
-        if checkpoint:
+        if checkpoint and world.is_main:
             save_checkpoint(checkpoint, kind, model_config, cfg, model, optimizer, scheduler, state, extra)
 
     if state["best_state"] is not None:  # None only if every validation score was NaN
