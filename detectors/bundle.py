@@ -10,9 +10,11 @@ Everything a server needs besides the graph travels under the key `normalcy`:
     labels                   null, or {"input", "dtype": "int64", "num_classes", "classes"} for a
                              class-conditional model (one label per image, a second graph input)
     scores                   {name: {"kind", "output", ..., "units", "direction", "reference": [...]}}
+                             and optionally "probability": a map to P(anomaly) (supervised.py)
     default_score            a key of `scores`
     heatmap                  {"output", "mean": [...], "std": [...]} per-pixel normal statistics
     calibration              {"alpha", "n_reference", "data", ...} (the threshold follows from these)
+                             and "choice": how labelled anomalies chose alpha, when they did
     training                 {"data_fingerprint", "epochs", "test_bits_per_dim", "package_version", ...}
 
 A bundle whose metadata is missing, of another version, or inconsistent with its graph is refused
@@ -33,6 +35,7 @@ import numpy as np
 from .calibration import check_alpha
 from .errors import BundleError
 from .onnxfile import read_metadata_props, with_metadata_props
+from .supervised import ProbabilityMap
 
 METADATA_KEY = "normalcy"
 FORMAT = "normalcy.bundle"
@@ -192,6 +195,12 @@ def validate_metadata(meta: Any, *, where: str = "bundle") -> None:
                      f"score {name!r}: a difference needs 'minus_output'")
         _require(spec.get("direction") == HIGHER_IS_ANOMALOUS, where,
                  f"score {name!r}: direction must be '{HIGHER_IS_ANOMALOUS}'")
+        if spec.get("probability") is not None:
+            try:
+                ProbabilityMap.from_json(spec["probability"])
+            except ValueError as error:
+                msg = f"{where}: score {name!r}: {error}"
+                raise BundleError(msg) from None
         ref = spec.get("reference")
         _require(isinstance(ref, list), where, f"score {name!r}: reference must be a list")
         if ref:

@@ -27,7 +27,8 @@ def check_alpha(alpha: float) -> float:
 
 
 def check_scores(scores, *, name: str = "scores") -> np.ndarray:
-    """Return scores as a 1-D float64 array; NaN, infinity and empty arrays are refused."""
+    """Return scores as a 1-D float64 array (a scalar becomes one score); NaN and infinity are
+    refused. An empty array passes: an empty batch has empty results."""
     array = np.asarray(scores, dtype=np.float64)
     if array.ndim == 0:
         array = array.reshape(1)
@@ -71,6 +72,17 @@ def conformal_threshold(reference: np.ndarray, alpha: float) -> float:
     if m < 0:
         return math.inf
     return float(reference[n - m - 1])
+
+
+def alpha_for_threshold(reference: np.ndarray, threshold: float) -> float:
+    """The alpha whose rule `p <= alpha` flags what `score > threshold` flags, up to the
+    reference's grid: (1 + #{reference > threshold}) / (n + 1), at most n / (n + 1).
+
+    s > threshold  =>  #{ref >= s} <= #{ref > threshold}  =>  p(s) <= alpha.
+    """
+    n = reference.size
+    above = n - np.searchsorted(reference, threshold, side="right")
+    return float(min(1.0 + above, n) / (n + 1.0))
 
 
 def min_reference_size(alpha: float) -> int:

@@ -13,6 +13,7 @@ from .errors import BundleError, InputError
 from .images import as_uint8_batch
 from .labels import check_labels, label_spec
 from .runtime import OnnxSession
+from .supervised import ProbabilityMap
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class ScoreResult:
     is_anomaly: np.ndarray  # (B,) bool
     heatmap: np.ndarray | None = None  # (B, C, H, W) per-pixel z-score against normal images
     bits_map: np.ndarray | None = None  # (B, C, H, W) per-pixel map in bits
+    probability: np.ndarray | None = None  # (B,) P(anomaly), when the bundle maps this score
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -43,6 +45,10 @@ class Detector:
         self.bundle = bundle
         self.session = OnnxSession(bundle, device=device, threads=threads)
         self._references = {name: bundle.reference(name) for name in bundle.score_names()}
+        # Maps from raw score to P(anomaly), fitted on labelled anomalies by `normalcy calibrate`.
+        self._probability = {name: ProbabilityMap.from_json(spec["probability"])
+                             for name, spec in bundle.metadata["scores"].items()
+                             if spec.get("probability")}
         heat = bundle.metadata.get("heatmap") or {}
         shape = (1, *self.input_shape)
         self._heat_mean = np.asarray(heat["mean"], np.float64).reshape(shape) if heat.get("mean") else None
@@ -161,4 +167,5 @@ class Detector:
             is_anomaly=p_values <= alpha,
             heatmap=z_map,
             bits_map=bits_map,
+            probability=self._probability[name](raw) if name in self._probability else None,
         )

@@ -107,13 +107,7 @@ class OnnxSession:
             feeds[spec["input"]] = checked
         noise = self.bundle.metadata.get("noise")
         if noise:
-            # The same noise for every image: an image's score does not depend on its batch.
-            draw = np.random.default_rng(noise["seed"]).standard_normal(
-                (noise["samples"], noise["latent_dim"])
-            )
-            feeds[noise["input"]] = np.ascontiguousarray(
-                np.broadcast_to(draw, (len(images), *draw.shape)), dtype=np.float32
-            )
+            feeds[noise["input"]] = vae_noise(noise, len(images))
         values = self.session.run(outputs, feeds)
         return dict(zip(outputs, values, strict=True))
 
@@ -121,21 +115,51 @@ class OnnxSession:
                    labels=None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         """Raw scores (B,) for each named score, and the per-pixel map (B, C, H, W) if asked."""
         specs = self.bundle.metadata["scores"]
-        needed = []
-        for name in names:
-            spec = specs[name]
-            needed += [spec["output"]] + ([spec["minus_output"]] if spec["kind"] == "difference" else [])
+        needed = [out for name in names for out in outputs_of(specs[name])]
         map_output = self.bundle.metadata["heatmap"]["output"] if with_map else None
         if map_output:
             needed.append(map_output)
         values = self.run(images, list(dict.fromkeys(needed)), labels=labels)
-        scores = {}
-        for name in names:
-            spec = specs[name]
-            raw = values[spec["output"]].astype(np.float64)
-            if spec["kind"] == "complexity":
-                raw = raw - code_length_bits_per_dim(images, spec["compressor"])
-            elif spec["kind"] == "difference":
-                raw = raw - values[spec["minus_output"]].astype(np.float64)
-            scores[name] = raw
+        scores = scores_from_outputs(specs, names, values, images=images)
         return scores, (values[map_output] if map_output else None)
+
+
+def vae_noise(noise: dict, batch: int) -> np.ndarray:
+    """The VAE's reparameterisation noise (B, K, latent) float32 from the bundle's `noise` spec.
+
+    The same draw for every image, so an image's score does not depend on its batch.
+    """
+    shape = (noise["samples"], noise["latent_dim"])
+    draw = np.random.default_rng(noise["seed"]).standard_normal(shape)
+    return np.ascontiguousarray(np.broadcast_to(draw, (batch, *draw.shape)), dtype=np.float32)
+
+
+def outputs_of(spec: dict) -> list[str]:
+    """The graph outputs one score needs."""
+    return [spec["output"]] + ([spec["minus_output"]] if spec["kind"] == "difference" else [])
+
+
+def scores_from_outputs(specs: dict, names: list[str], outputs: dict[str, np.ndarray], *,
+                        images: np.ndarray | None = None,
+                        code_lengths: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Raw scores (B,) from graph outputs: an output as is, minus a compressor's code length, or
+    minus another output. Code lengths in bits/dim come from `code_lengths[compressor]` when
+    given (computed once, reused across models), else from `images`."""
+    scores = {}
+    for name in names:
+        spec = specs[name]
+        raw = np.asarray(outputs[spec["output"]], dtype=np.float64)
+        if spec["kind"] == "complexity":
+            compressor = spec["compressor"]
+            if code_lengths is not None and compressor in code_lengths:
+                bits = np.asarray(code_lengths[compressor], dtype=np.float64)
+            elif images is not None:
+                bits = code_length_bits_per_dim(images, compressor)
+            else:
+                msg = f"score {name!r} needs the images or their {compressor} code lengths"
+                raise ValueError(msg)
+            raw = raw - bits
+        elif spec["kind"] == "difference":
+            raw = raw - np.asarray(outputs[spec["minus_output"]], dtype=np.float64)
+        scores[name] = raw
+    return scores

@@ -247,7 +247,80 @@ def run_score(args) -> int:
     return 0
 
 
-COMMANDS = [add_train, add_info, add_evaluate, add_demo, add_score, add_report]
+
+
+# --- calibrate ------------------------------------------------------------------------------------
+def add_calibrate(sub) -> None:
+    p = sub.add_parser(
+        "calibrate", help="recompute a bundle's calibration on new normal images (metadata only)",
+        description="Score held-out normal images with the bundle's graph and store them as its "
+                    "reference; with labelled anomalies, also choose the operating point and fit "
+                    "maps from score to P(anomaly). Only the metadata is rewritten, atomically; "
+                    "on any error the file is left as it was.")
+    p.add_argument("bundle", help="FILE.onnx to recalibrate")
+    p.add_argument("--data", required=True, help="normal images never used in training (data spec)")
+    p.add_argument("--normal-classes", type=_classes, help="keep only these labels of --data")
+    p.add_argument("--alpha", type=_alpha, help="default false-positive rate (kept if not given)")
+    p.add_argument("--anomalous", help="labelled anomalous images (data spec)")
+    p.add_argument("--anomalous-classes", type=_classes,
+                   help="keep only these labels of --anomalous")
+    p.add_argument("--rule", choices=["fpr", "recall", "f1"],
+                   help="with --anomalous: choose alpha by a target false-positive rate, a target "
+                        "recall or the best F1 (default f1 unless --alpha is given)")
+    p.add_argument("--target", type=float, help="the false-positive rate or recall for --rule")
+    p.add_argument("--probability", choices=["isotonic", "logistic", "none"], default="isotonic",
+                   help="with --anomalous: map from score to P(anomaly) (default isotonic)")
+    p.add_argument("--anomaly-rate", type=float,
+                   help="share of anomalies the probabilities are stated for (default: the share "
+                        "in --data plus --anomalous)")
+    p.add_argument("--score",
+                   help="score the operating point is chosen for (default: the bundle's default)")
+    p.add_argument("--out", help="write here instead of rewriting the bundle in place")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.set_defaults(run=run_calibrate)
+
+
+def run_calibrate(args) -> int:
+    from detectors.bundle import Bundle, write_bundle
+    from detectors.datasets import load
+    from detectors.fitting import recalibrate
+
+    bundle = Bundle.read(args.bundle)
+    # Load everything before touching the file, so a bad spec leaves it as it was.
+    normal = load(args.data)
+    if args.normal_classes:
+        normal = normal.with_classes(args.normal_classes)
+    anomalous = None
+    if args.anomalous:
+        anomalous = load(args.anomalous)
+        if args.anomalous_classes:
+            anomalous = anomalous.with_classes(args.anomalous_classes)
+    elif args.rule or args.anomalous_classes:
+        msg = "calibrate: --rule and --anomalous-classes need --anomalous"
+        raise SystemExit(msg)
+    rule = args.rule or ("f1" if anomalous is not None and args.alpha is None else None)
+    source = normal.source + (f" classes {args.normal_classes}" if args.normal_classes else "")
+    # A conditional bundle is calibrated with each image's own label from the data.
+    conditional = bool(bundle.metadata.get("labels"))
+    meta, summary = recalibrate(
+        bundle, normal.images, alpha=args.alpha,
+        labels=normal.labels if conditional else None,
+        anomalous_labels=anomalous.labels if conditional and anomalous is not None else None,
+        anomalous=None if anomalous is None else anomalous.images, rule=rule, target=args.target,
+        probability=None if args.probability == "none" else args.probability,
+        anomaly_rate=args.anomaly_rate, score=args.score, source=source,
+        anomalous_source=None if anomalous is None else anomalous.source, device=args.device)
+    meta["calibration"]["data_fingerprint"] = normal.fingerprint()
+    if normal.fingerprint() == bundle.metadata.get("training", {}).get("data_fingerprint"):
+        print("calibrate: warning: --data is the model's training data; p-values will be too small "
+              "(calibrate on images the model never saw)", file=sys.stderr)
+    out = args.out or args.bundle
+    written = write_bundle(bundle.model_bytes, meta, out)
+    print(json.dumps({"bundle": out, "sha256": written.sha256, **summary}, indent=2))
+    return 0
+
+
+COMMANDS = [add_train, add_info, add_evaluate, add_demo, add_score, add_calibrate, add_report]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -114,3 +114,15 @@ def test_conditional_training_needs_labelled_data(tmp_path):
                    train=TrainConfig(epochs=1, conditional=True), progress=False)
     with pytest.raises(ValueError, match="labelled"):
         run(job)
+
+
+def test_calibrate_command_scores_a_conditional_bundle_with_the_data_labels(
+        conditional_vae_bundle, tmp_path, capsys):
+    out = tmp_path / "recalibrated.onnx"
+    assert main(["calibrate", str(conditional_vae_bundle), "--data", "digits:test",
+                 "--normal-classes", "0,1,2,3,4", "--out", str(out), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    test = load_digits("test").with_classes(CLASSES)
+    scores = OnnxSession(Bundle.read(out), device="cpu").raw_scores(
+        test.images, ["neg_elbo"], labels=test.labels)[0]["neg_elbo"]
+    np.testing.assert_allclose(Bundle.read(out).reference("neg_elbo"), np.sort(scores), atol=1e-5)
