@@ -1,7 +1,9 @@
 """Inference throughput of ONNX Runtime against PyTorch eager on the same model, same images.
 
-    python benchmarks/throughput.py --bundle benchmarks/results/fashion_pixelcnn.onnx \
-        --bundle benchmarks/results/fashion_vae.onnx --out benchmarks/results
+    python benchmarks/throughput.py --bundle runs/quality/fashion-mnist-pixelcnn.onnx \
+        --bundle runs/quality/fashion-mnist-vae.onnx --out benchmarks/results
+
+(the Fashion-MNIST bundles and checkpoints that `benchmarks/quality.py` writes).
 
 Each (runtime, batch size) runs in its own process: torch and ONNX Runtime thread pools in one process
 fight and give unreliable figures. Both use every CPU core (or --threads). The torch side rebuilds the
@@ -62,10 +64,14 @@ def worker(runtime: str, bundle_path: str, batch: int, seconds: float, threads: 
         from training.train import model_from_checkpoint
 
         torch.set_num_threads(threads)
-        kind, model, _ = model_from_checkpoint(Path(bundle_path).with_suffix(".pt"))
+        path = Path(bundle_path)
+        kind, model, _ = model_from_checkpoint(path.with_suffix(".pt"))
         x = torch.from_numpy(images)
         if kind == "pixelcnn":
-            graph = PixelCNNGraph(model).eval()
+            background = None
+            if bundle.metadata["model"].get("background"):  # the graph runs both models
+                _, background, _ = model_from_checkpoint(path.with_name(f"{path.stem}.background.pt"))
+            graph = PixelCNNGraph(model, background).eval()
             args = (x,)
         else:
             noise = bundle.metadata["noise"]

@@ -301,8 +301,8 @@ function histogram(meta, result) {
   add("circle", { cx: x(result.score), cy: top, r: 4, fill: colour });
   add("text", { x: left, y: H - 6 }, lo.toFixed(2));
   add("text", { x: W - right, y: H - 6, "text-anchor": "end" }, hi.toFixed(2));
-  add("text", { x: left, y: 10 }, `this image among ${counts.reduce((a, b) => a + b, 0)} `
-    + `calibration scores (${result.score_name}); dashed: threshold`);
+  add("text", { x: left, y: 10 },
+    `among ${counts.reduce((a, b) => a + b, 0)} calibration scores; dashed: threshold`);
   add("title", {}, `this image's score ${result.score.toFixed(4)} among the calibration scores`);
   return svg;
 }

@@ -1,0 +1,144 @@
+"""The plain scoring API, through FastAPI's test client and real ONNX Runtime sessions."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+
+from detectors import Detector
+from service.schemas import ScoreResponse
+
+
+def test_multipart_upload_scores_every_image_like_the_detector(
+    client, model_dir, digit_images, png
+):
+    files = [("images", (f"d{i}.png", png(img), "image/png")) for i, img in enumerate(digit_images)]
+    answer = client.post("/v1/models/vae/score", files=files)
+    assert answer.status_code == 200, answer.text
+    body = ScoreResponse.model_validate(answer.json())
+    expected = Detector.load(model_dir / "vae.onnx", device="cpu").score(digit_images)
+    assert [r.filename for r in body.results] == [f"d{i}.png" for i in range(len(digit_images))]
+    np.testing.assert_allclose([r.score for r in body.results], expected.scores, rtol=1e-6)
+    np.testing.assert_allclose([r.p_value for r in body.results], expected.p_values)
+    assert body.model == "vae"
+    assert body.version == Detector.load(model_dir / "vae.onnx").version
+
+
+def test_each_answer_follows_the_decision_rule(client, digit_images):
+    images = [img.tolist() for img in digit_images]
+    body = client.post("/v1/models/pixelcnn/score?alpha=0.3", json={"images": images}).json()
+    for result in body["results"]:
+        assert result["alpha"] == 0.3
+        assert result["score_name"] == body["score_name"]
+        assert 0 < result["p_value"] <= 1
+        assert result["is_anomaly"] == (result["p_value"] <= 0.3)
+        assert result["is_anomaly"] == (result["score"] > result["threshold"])
+
+
+@pytest.mark.parametrize("form", ["base64", "array_chw", "array_hw", "raw_body"])
+def test_every_input_form_gives_the_same_score(client, digit_images, form, png):
+    image = digit_images[0]
+    if form == "base64":
+        answer = client.post(
+            "/v1/models/vae/score", json={"images": [base64.b64encode(png(image)).decode()]}
+        )
+    elif form == "array_chw":
+        answer = client.post("/v1/models/vae/score", json={"images": [image.tolist()]})
+    elif form == "array_hw":
+        answer = client.post("/v1/models/vae/score", json={"images": [image[0].tolist()]})
+    else:
+        answer = client.post(
+            "/v1/models/vae/score", content=png(image), headers={"content-type": "image/png"}
+        )
+    assert answer.status_code == 200, answer.text
+    reference = client.post("/v1/models/vae/score", json={"images": [image.tolist()]}).json()
+    assert answer.json()["results"][0]["score"] == pytest.approx(reference["results"][0]["score"])
+
+
+def test_score_and_heatmap_can_be_chosen_per_request(client, digit_images):
+    body = client.post(
+        "/v1/models/pixelcnn/score?score=nll&heatmap=true",
+        json={"images": [digit_images[0].tolist()]},
+    ).json()
+    assert body["score_name"] == "nll"
+    heatmap = np.asarray(body["results"][0]["heatmap"])
+    assert heatmap.shape == (1, 8, 8)
+    assert np.all(np.isfinite(heatmap))
+    assert body["heatmap_units"] == "z-score"
+    plain = client.post(
+        "/v1/models/pixelcnn/score", json={"images": [digit_images[0].tolist()]}
+    ).json()
+    assert "heatmap" not in plain["results"][0]
+
+
+def test_other_sizes_and_colour_modes_are_converted(client, digit_images, png):
+    big_rgb = np.repeat(np.kron(digit_images[0][0], np.ones((4, 4), np.uint8))[None], 3, axis=0)
+    answer = client.post("/v1/models/vae/score", files=[("images", ("big.png", png(big_rgb)))])
+    assert answer.status_code == 200, answer.text
+
+
+def test_a_tiny_alpha_answers_a_null_threshold_and_no_anomalies(client, digit_images):
+    body = client.post(
+        "/v1/models/vae/score?alpha=0.0001", json={"images": [digit_images[0].tolist()]}
+    )
+    assert body.status_code == 200
+    assert body.json()["threshold"] is None
+    assert body.json()["results"][0]["is_anomaly"] is False
+
+
+def test_models_are_listed_with_version_and_calibration(client):
+    models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+    assert set(models) == {"pixelcnn", "vae"}
+    detail = client.get("/v1/models/pixelcnn").json()
+    assert detail["version"] == models["pixelcnn"]["version"] == detail["sha256"][:12]
+    assert detail["provider"] == "CPUExecutionProvider"
+    assert detail["calibration"]["alpha"] == 0.01
+    for spec in detail["scores"].values():
+        assert "reference" not in spec
+        histogram = spec["reference_histogram"]
+        assert (
+            sum(histogram["counts"])
+            == spec["reference_size"]
+            == detail["calibration"]["n_reference"]
+        )
+
+
+def test_docs_and_openapi_are_served(client):
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/v1/models/{name}/score" in paths
+    assert "/v2/models/{name}/infer" in paths
+
+
+def test_the_root_is_left_to_the_web_page(client):
+    # Without service/static/index.html the root is free (the web page's helper adds it).
+    from service.app import STATIC_DIR
+
+    if not (STATIC_DIR / "index.html").exists():
+        assert client.get("/").status_code == 404
+
+
+def test_bundles_with_a_probability_map_answer_p_anomaly(tmp_path, vae_bundle, digit_images):
+    from fastapi.testclient import TestClient
+
+    from detectors.bundle import Bundle, write_bundle
+    from detectors.supervised import fit_probability_map
+    from service.app import create_app
+    from service.settings import Settings
+
+    bundle = Bundle.read(vae_bundle)
+    name = bundle.metadata["default_score"]
+    reference = bundle.reference(name)
+    mapping = fit_probability_map(reference, reference + 1.0)
+    meta = dict(bundle.metadata)
+    meta["scores"] = {
+        **meta["scores"],
+        name: {**meta["scores"][name], "probability": mapping.to_json()},
+    }
+    write_bundle(bundle.model_bytes, meta, tmp_path / "mapped.onnx")
+    with TestClient(create_app(Settings(models_dir=tmp_path, watch_interval_s=0))) as client:
+        body = client.post("/v1/models/mapped/score", json={"images": digit_images.tolist()}).json()
+    probabilities = [r["probability"] for r in body["results"]]
+    assert all(0.0 <= p <= 1.0 for p in probabilities)
