@@ -7,6 +7,8 @@ Everything a server needs besides the graph travels under the key `normalcy`:
     input                    {"name", "dtype": "uint8", "channels", "height", "width", "color_mode"}
     preprocessing            {"resize": "bilinear" | "refuse", "color": "convert" | "refuse"}
     noise                    null, or {"input", "samples", "latent_dim", "seed"} for the VAE
+    labels                   null, or {"input", "dtype": "int64", "num_classes", "classes"} for a
+                             class-conditional model (one label per image, a second graph input)
     scores                   {name: {"kind", "output", ..., "units", "direction", "reference": [...]}}
                              and optionally "probability": a map to P(anomaly) (supervised.py)
     default_score            a key of `scores`
@@ -162,6 +164,22 @@ def validate_metadata(meta: Any, *, where: str = "bundle") -> None:
         for key in ("input", "samples", "latent_dim", "seed"):
             _require(key in noise, where, f"noise lacks '{key}'")
         _require(noise["samples"] >= 1, where, "noise.samples must be >= 1")
+
+    labels = meta.get("labels")
+    if labels is not None:
+        _require(isinstance(labels, dict), where, "labels must be an object or null")
+        for key in ("input", "num_classes", "classes"):
+            _require(key in labels, where, f"labels lacks '{key}'")
+        _require(labels.get("dtype", "int64") == "int64", where, "labels dtype must be int64")
+        k = labels["num_classes"]
+        _require(isinstance(k, int) and k >= 1, where, "labels.num_classes must be an integer >= 1")
+        classes = labels["classes"]
+        _require(isinstance(classes, list) and classes
+                 and all(isinstance(c, int) and 0 <= c < k for c in classes), where,
+                 f"labels.classes must be a non-empty list of integers in [0, {k})")
+    conditional = meta["model"].get("conditional")
+    _require(conditional is None or bool(conditional) == (labels is not None), where,
+             f"model.conditional is {conditional} but metadata labels is {labels!r}")
 
     scores = meta["scores"]
     _require(isinstance(scores, dict) and scores, where, "metadata lists no scores")

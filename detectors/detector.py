@@ -11,6 +11,7 @@ from .bundle import Bundle
 from .calibration import check_alpha, conformal_p_values, conformal_threshold
 from .errors import BundleError, InputError
 from .images import as_uint8_batch
+from .labels import check_labels, label_spec
 from .runtime import OnnxSession
 from .supervised import ProbabilityMap
 
@@ -81,6 +82,17 @@ class Detector:
         return spec["channels"], spec["height"], spec["width"]
 
     @property
+    def conditional(self) -> bool:
+        """True when the bundle scores "a normal example of class y": one label per image."""
+        return label_spec(self.metadata) is not None
+
+    @property
+    def classes(self) -> list[int] | None:
+        """The class labels a conditional bundle accepts (None when unconditional)."""
+        spec = label_spec(self.metadata)
+        return None if spec is None else list(spec["classes"])
+
+    @property
     def score_names(self) -> list[str]:
         return self.bundle.score_names()
 
@@ -112,20 +124,30 @@ class Detector:
         channels, height, width = self.input_shape
         return as_uint8_batch(images, channels=channels, height=height, width=width)
 
-    def raw_scores(self, images, scores: list[str] | None = None) -> dict[str, np.ndarray]:
+    def check_labels(self, labels, n_images: int) -> np.ndarray | None:
+        """Validate class labels for `n_images` images: int64 (B,) for a conditional bundle, None
+        otherwise; InputError when missing, unexpected or not among the bundle's classes."""
+        return check_labels(labels, n_images, label_spec(self.metadata))
+
+    def raw_scores(self, images, scores: list[str] | None = None, *,
+                   labels=None) -> dict[str, np.ndarray]:
         """Raw scores (B,) for the named scores (all the bundle offers by default)."""
         names = [self._score_name(name) for name in (scores or self.score_names)]
-        values, _ = self.session.raw_scores(self.check_images(images), names)
+        batch = self.check_images(images)
+        labels = self.check_labels(labels, len(batch))
+        values, _ = self.session.raw_scores(batch, names, labels=labels)
         return values
 
-    def score(self, images, *, score: str | None = None, alpha: float | None = None,
+    def score(self, images, *, labels=None, score: str | None = None, alpha: float | None = None,
               heatmap: bool = False) -> ScoreResult:
-        """Score a batch of images: raw score, p-value and decision for each."""
+        """Score a batch of images: raw score, p-value and decision for each. A conditional bundle
+        needs `labels`, one class per image: the question becomes "normal for its class?"."""
         name = self._score_name(score)
         alpha = self.default_alpha if alpha is None else check_alpha(alpha)
         batch = self.check_images(images)
+        labels = self.check_labels(labels, len(batch))
         want_map = heatmap and bool(self.metadata.get("heatmap"))
-        values, bits_map = self.session.raw_scores(batch, [name], with_map=want_map)
+        values, bits_map = self.session.raw_scores(batch, [name], with_map=want_map, labels=labels)
         raw = values[name]
         if not np.all(np.isfinite(raw)):
             msg = f"score {name!r} is not finite for some images; the model output is unusable"

@@ -22,14 +22,20 @@ def detection_metrics(normal_scores: np.ndarray, anomalous_scores: np.ndarray) -
 
 
 def evaluate(detector: Detector, normal: np.ndarray, anomalous: np.ndarray | None = None, *,
-             alpha: float | None = None, batch_size: int = 256) -> dict:
-    """Every score of `detector` on normal (and anomalous) images, with the rate flagged at alpha."""
+             alpha: float | None = None, batch_size: int = 256, normal_labels=None,
+             anomalous_labels=None) -> dict:
+    """Every score of `detector` on normal (and anomalous) images, with the rate flagged at alpha.
+    A conditional detector needs the labels of both sets."""
     alpha = detector.default_alpha if alpha is None else alpha
-    normal_scores, _ = score_all(detector.session, detector.check_images(normal), batch_size=batch_size)
+    normal = detector.check_images(normal)
+    normal_scores, _ = score_all(detector.session, normal, batch_size=batch_size,
+                                 labels=detector.check_labels(normal_labels, len(normal)))
     anomalous_scores = None
     if anomalous is not None and len(anomalous):
-        anomalous_scores, _ = score_all(detector.session, detector.check_images(anomalous),
-                                        batch_size=batch_size)
+        anomalous = detector.check_images(anomalous)
+        labels = detector.check_labels(anomalous_labels, len(anomalous))
+        anomalous_scores, _ = score_all(detector.session, anomalous, batch_size=batch_size,
+                                        labels=labels)
     likelihood = "nll" if detector.kind == "pixelcnn" else "iwae"
     rows = []
     for name in detector.score_names:

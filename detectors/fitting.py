@@ -17,20 +17,24 @@ from .calibration import (
 )
 from .errors import InputError
 from .images import as_uint8_batch
+from .labels import check_labels, label_spec
 from .runtime import OnnxSession
 from .supervised import choose_threshold, fit_probability_map
 
 
 def score_all(session: OnnxSession, images: np.ndarray, *, batch_size: int = 256,
-              with_map: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Every score the bundle offers for `images`, in batches; optionally the maps' sum and sum of
-    squares per pixel (for heat-map statistics), stacked as (2, C, H, W)."""
+              with_map: bool = False,
+              labels=None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Every score the bundle offers for `images` (with their `labels` for a conditional bundle),
+    in batches; optionally the maps' sum and sum of squares per pixel (for heat-map statistics),
+    stacked as (2, C, H, W)."""
     names = session.bundle.score_names()
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
     moments = None
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
-        values, bits_map = session.raw_scores(batch, names, with_map=with_map)
+        batch_labels = None if labels is None else labels[start:start + batch_size]
+        values, bits_map = session.raw_scores(batch, names, with_map=with_map, labels=batch_labels)
         for name in names:
             parts[name].append(values[name])
         if bits_map is not None:
@@ -39,12 +43,14 @@ def score_all(session: OnnxSession, images: np.ndarray, *, batch_size: int = 256
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}, moments
 
 
-def calibrated_metadata(bundle: Bundle, images, *, alpha: float | None = None,
+def calibrated_metadata(bundle: Bundle, images, *, labels=None, alpha: float | None = None,
                         source: str | None = None, batch_size: int = 256,
                         device: str = "auto") -> dict:
-    """Metadata with references recomputed on `images` (normal, never seen in training)."""
-    meta, _ = recalibrate(bundle, images, alpha=alpha, source=source, batch_size=batch_size,
-                          device=device)
+    """Metadata with references recomputed on `images` (normal, never seen in training). A
+    conditional bundle needs their true `labels`: the reference is then the scores of normal images
+    given their own class, pooled over classes."""
+    meta, _ = recalibrate(bundle, images, labels=labels, alpha=alpha, source=source,
+                          batch_size=batch_size, device=device)
     return meta
 
 
@@ -89,7 +95,8 @@ def metadata_with_reference(metadata: dict, scores: dict[str, np.ndarray], *,
     return meta
 
 
-def recalibrate(bundle: Bundle, normal, *, alpha: float | None = None, anomalous=None,
+def recalibrate(bundle: Bundle, normal, *, labels=None, anomalous_labels=None,
+                alpha: float | None = None, anomalous=None,
                 rule: str | None = None, target: float | None = None,
                 probability: str | None = "isotonic", anomaly_rate: float | None = None,
                 score: str | None = None, source: str | None = None,
@@ -102,7 +109,8 @@ def recalibrate(bundle: Bundle, normal, *, alpha: float | None = None, anomalous
     for `score` (default: the bundle's default score), stored as the conformal alpha that flags the
     same scores, with the reasons; `probability` ("isotonic", "logistic" or None) fits a map to
     P(anomaly) for every score. Maps and choices of an earlier calibration are dropped, since
-    they described the old data.
+    they described the old data. A conditional bundle scores the images with their `labels` and
+    `anomalous_labels`.
     """
     if rule is not None and alpha is not None:
         msg = "give either alpha or a rule for choosing it from labelled anomalies, not both"
@@ -118,9 +126,14 @@ def recalibrate(bundle: Bundle, normal, *, alpha: float | None = None, anomalous
     shape = {"channels": spec["channels"], "height": spec["height"], "width": spec["width"]}
     normal = as_uint8_batch(normal, **shape)
     anomalous = None if anomalous is None else as_uint8_batch(anomalous, **shape)
+    label_input = label_spec(bundle.metadata)
+    labels = check_labels(labels, len(normal), label_input)
+    if anomalous is not None:
+        anomalous_labels = check_labels(anomalous_labels, len(anomalous), label_input)
     session = OnnxSession(bundle, device=device)
     has_map = bool(bundle.metadata.get("heatmap"))
-    normal_scores, moments = score_all(session, normal, batch_size=batch_size, with_map=has_map)
+    normal_scores, moments = score_all(session, normal, batch_size=batch_size, with_map=has_map,
+                                       labels=labels)
     meta = metadata_with_reference(bundle.metadata, normal_scores, moments=moments, alpha=alpha,
                                    source=source)
     calibration = meta["calibration"]
@@ -129,7 +142,8 @@ def recalibrate(bundle: Bundle, normal, *, alpha: float | None = None, anomalous
         score_spec.pop("probability", None)
     summary: dict = {"n_reference": len(normal), "choice": None, "probability": None}
     if anomalous is not None:
-        anomalous_scores, _ = score_all(session, anomalous, batch_size=batch_size)
+        anomalous_scores, _ = score_all(session, anomalous, batch_size=batch_size,
+                                        labels=anomalous_labels)
         if rule is not None:
             choice = choose_threshold(normal_scores[score], anomalous_scores[score], rule=rule,
                                       target=target)

@@ -12,6 +12,7 @@ import onnxruntime as ort
 from .bundle import Bundle
 from .complexity import code_length_bits_per_dim
 from .errors import BundleError
+from .labels import check_labels, label_spec
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
@@ -74,9 +75,15 @@ class OnnxSession:
             msg = f"{where}: graph input shape {image.shape} disagrees with metadata (B, {expected})"
             raise BundleError(msg)
         noise = meta.get("noise")
-        wanted_inputs = {spec["name"]} | ({noise["input"]} if noise else set())
+        labels = label_spec(meta)
+        wanted_inputs = ({spec["name"]} | ({noise["input"]} if noise else set())
+                         | ({labels["input"]} if labels else set()))
         if set(inputs) != wanted_inputs:
             msg = f"{where}: graph inputs {sorted(inputs)} disagree with metadata {sorted(wanted_inputs)}"
+            raise BundleError(msg)
+        if labels and inputs[labels["input"]].type != "tensor(int64)":
+            found = inputs[labels["input"]].type
+            msg = f"{where}: graph input {labels['input']!r} is {found}, metadata says int64"
             raise BundleError(msg)
         needed = set()
         for score in meta["scores"].values():
@@ -90,24 +97,29 @@ class OnnxSession:
             msg = f"{where}: metadata refers to outputs {sorted(missing)} that the graph lacks"
             raise BundleError(msg)
 
-    def run(self, images: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
-        """Run the graph on uint8 (B, C, H, W) images and return the named outputs."""
+    def run(self, images: np.ndarray, outputs: list[str], *, labels=None) -> dict[str, np.ndarray]:
+        """Run the graph on uint8 (B, C, H, W) images (and, for a conditional bundle, their class
+        labels (B,)) and return the named outputs."""
         feeds = {self.bundle.metadata["input"]["name"]: images}
+        spec = label_spec(self.bundle.metadata)
+        checked = check_labels(labels, len(images), spec)
+        if spec:
+            feeds[spec["input"]] = checked
         noise = self.bundle.metadata.get("noise")
         if noise:
             feeds[noise["input"]] = vae_noise(noise, len(images))
         values = self.session.run(outputs, feeds)
         return dict(zip(outputs, values, strict=True))
 
-    def raw_scores(self, images: np.ndarray, names: list[str], *, with_map: bool = False
-                   ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    def raw_scores(self, images: np.ndarray, names: list[str], *, with_map: bool = False,
+                   labels=None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         """Raw scores (B,) for each named score, and the per-pixel map (B, C, H, W) if asked."""
         specs = self.bundle.metadata["scores"]
         needed = [out for name in names for out in outputs_of(specs[name])]
         map_output = self.bundle.metadata["heatmap"]["output"] if with_map else None
         if map_output:
             needed.append(map_output)
-        values = self.run(images, list(dict.fromkeys(needed)))
+        values = self.run(images, list(dict.fromkeys(needed)), labels=labels)
         scores = scores_from_outputs(specs, names, values, images=images)
         return scores, (values[map_output] if map_output else None)
 

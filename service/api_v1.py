@@ -71,15 +71,24 @@ _QUERY_DOC = [
         "schema": {"type": "boolean"},
         "description": "add a per-pixel heat map (C, H, W) to each result",
     },
+    {
+        "name": "labels",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "class-conditional models: one class per image, comma-separated "
+        '(or "labels": [...] in a JSON body)',
+    },
 ]
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
 def score_options(query: QueryParams) -> dict:
-    """score, alpha and heatmap from the query string, checked; unknown parameters are refused."""
-    unknown = sorted(set(query) - {"score", "alpha", "heatmap"})
+    """score, alpha, heatmap and labels from the query string, checked; unknown parameters are
+    refused."""
+    unknown = sorted(set(query) - {"score", "alpha", "heatmap", "labels"})
     if unknown:
-        msg = f"unknown query parameter(s) {unknown}; accepted: score, alpha, heatmap"
+        msg = f"unknown query parameter(s) {unknown}; accepted: score, alpha, heatmap, labels"
         raise ApiError(400, "unknown_parameter", msg)
     alpha = query.get("alpha")
     if alpha is not None:
@@ -93,7 +102,15 @@ def score_options(query: QueryParams) -> dict:
     heatmap = query.get("heatmap", "false").lower()
     if heatmap not in _TRUE + _FALSE:
         raise ApiError(400, "invalid_request", f"heatmap must be true or false, got {heatmap!r}")
-    return {"score": query.get("score"), "alpha": alpha, "heatmap": heatmap in _TRUE}
+    labels = query.get("labels")
+    if labels is not None:
+        try:
+            labels = [int(part) for part in labels.split(",")]
+        except ValueError:
+            msg = f"labels must be comma-separated whole numbers, got {query['labels']!r}"
+            raise ApiError(400, "invalid_labels", msg) from None
+    return {"score": query.get("score"), "alpha": alpha, "heatmap": heatmap in _TRUE,
+            "labels": labels}
 
 
 @router.get("/models", response_model=ModelList)
@@ -127,10 +144,15 @@ async def score_images(request: Request, scoring: ScoringDep) -> JSONResponse:
     )
     with model.batcher.arriving() as arrival:  # the batcher may wait for this request
         parsed = await read_images(request, spec)
+        if parsed.labels is not None:
+            if options["labels"] is not None:
+                msg = "labels given twice (query and body); give them once"
+                raise ApiError(400, "invalid_labels", msg)
+            options["labels"] = parsed.labels
         result, used = await scoring.registry.score(
             model, parsed.images, **options, arrival=arrival
         )
-    return JSONResponse(score_answer(used, result, parsed.names))
+    return JSONResponse(score_answer(used, result, parsed.names, options["labels"]))
 
 
 @router.post(
@@ -204,7 +226,8 @@ def _round(values: np.ndarray) -> list:
     return np.round(values.astype(np.float64), 4).tolist()
 
 
-def score_answer(model: ModelEntry, result: ScoreResult, names: list[str | None]) -> dict:
+def score_answer(model: ModelEntry, result: ScoreResult, names: list[str | None],
+                 labels: list | None = None) -> dict:
     threshold = float(result.threshold) if np.isfinite(result.threshold) else None
     per_image = []
     for i, (score, p_value, flagged) in enumerate(
@@ -227,6 +250,8 @@ def score_answer(model: ModelEntry, result: ScoreResult, names: list[str | None]
         }
         if result.probability is not None:
             item["probability"] = float(result.probability[i])
+        if labels is not None:
+            item["label"] = int(labels[i])
         if result.heatmap is not None:
             item["heatmap"] = _round(result.heatmap[i])
         per_image.append(item)

@@ -85,17 +85,21 @@ def _metadata(model: ModelEntry) -> dict:
         outputs.append(
             {"name": "heatmap", "datatype": "FP32", "shape": [-1, channels, height, width]}
         )
+    inputs = [
+        {
+            "name": model.detector.metadata["input"]["name"],
+            "datatype": "UINT8",
+            "shape": [-1, channels, height, width],
+        }
+    ]
+    labels = model.detector.metadata.get("labels")
+    if labels:  # a class-conditional model: one class per image
+        inputs.append({"name": labels["input"], "datatype": "INT64", "shape": [-1]})
     return {
         "name": model.name,
         "versions": [model.version],
         "platform": "onnxruntime_onnx",
-        "inputs": [
-            {
-                "name": model.detector.metadata["input"]["name"],
-                "datatype": "UINT8",
-                "shape": [-1, channels, height, width],
-            }
-        ],
+        "inputs": inputs,
         "outputs": outputs,
     }
 
@@ -153,6 +157,7 @@ async def _infer(request: Request, scoring: Scoring) -> Response:
             alpha=parsed["alpha"],
             heatmap="heatmap" in parsed["outputs"],
             arrival=arrival,
+            labels=parsed["labels"],
         )
     columns = {
         "score": result.scores,
@@ -219,9 +224,20 @@ def parse_request(
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         _fail('expected a JSON object with an "inputs" list', "invalid_request")
     name = model.detector.metadata["input"]["name"]
-    if len(request["inputs"]) != 1 or not isinstance(request["inputs"][0], dict):
-        _fail(f"expected exactly one input tensor, {name!r}")
-    images = _input_tensor(request["inputs"][0], binary, model, max_images)
+    label_spec = model.detector.metadata.get("labels")
+    tensors = request["inputs"]
+    if not label_spec:
+        if len(tensors) != 1 or not isinstance(tensors[0], dict):
+            _fail(f"expected exactly one input tensor, {name!r}")
+        images = _input_tensor(tensors[0], binary, model, max_images)
+        labels = None
+    else:
+        by_name = {t.get("name"): t for t in tensors if isinstance(t, dict)}
+        if len(tensors) != 2 or set(by_name) != {name, label_spec["input"]}:
+            _fail(f"this class-conditional model takes two input tensors, {name!r} and "
+                  f"{label_spec['input']!r} (one class per image)")
+        images = _input_tensor(by_name[name], binary, model, max_images)
+        labels = _labels_tensor(by_name[label_spec["input"]], len(images))
 
     parameters = request.get("parameters") or {}
     if not isinstance(parameters, dict):
@@ -244,11 +260,26 @@ def parse_request(
         outputs[item["name"]] = bool(item_parameters.get("binary_data", binary_default))
     return {
         "images": images,
+        "labels": labels,
         "score": score,
         "alpha": None if alpha is None else float(alpha),
         "outputs": outputs,
         "id": request.get("id"),
     }
+
+
+def _labels_tensor(tensor: dict, count: int) -> list:
+    """The labels input of a conditional model: integers as JSON data, one per image."""
+    if tensor.get("datatype") not in ("INT64", "INT32", "INT16", "INT8", "UINT8", "UINT16"):
+        _fail(f"labels datatype must be an integer type (INT64), got {tensor.get('datatype')!r}")
+    if tensor.get("shape") != [count]:
+        _fail(f"labels shape {tensor.get('shape')!r}; one class per image needs [{count}]")
+    if "binary_data_size" in (tensor.get("parameters") or {}):
+        _fail("send labels as JSON data (binary data is accepted for the images only)")
+    data = tensor.get("data")
+    if not isinstance(data, list) or len(data) != count:
+        _fail(f"labels data must be a list of {count} whole numbers", "invalid_labels")
+    return data
 
 
 def _input_tensor(tensor: dict, binary: bytes, model: ModelEntry, max_images: int) -> np.ndarray:

@@ -8,6 +8,10 @@ into an error message instead of an exception. Both engines (local and Ray) call
 Memory stays flat however many inputs there are: folders are walked one directory at a time,
 arrays are memory-mapped per chunk and closed again, and gzipped IDX files are decompressed once
 into the job's work area (streamed) so that their rows can be read by offset.
+
+A conditional bundle scores each image with its class label, so its chunks also carry a "label"
+column: an image file's label is the integer name of its folder (`3/x.png`), an array row's label
+the same row of the labels beside the array (`<stem>_labels.npy`, or the IDX labels file).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detectors.datasets import IMAGE_SUFFIXES
+from detectors.datasets import IMAGE_SUFFIXES, labels_path_for, read_idx
 from detectors.errors import InputError
 from detectors.images import decode_image, pil_to_array
 
@@ -40,12 +44,14 @@ class InputSpec:
     width: int
     resize: bool = True
     convert: bool = True
+    labelled: bool = False  # a conditional bundle: every image needs its class label
 
     @classmethod
     def from_metadata(cls, metadata: dict) -> InputSpec:
         spec, pre = metadata["input"], metadata["preprocessing"]
         return cls(spec["channels"], spec["height"], spec["width"],
-                   resize=pre["resize"] == "bilinear", convert=pre["color"] == "convert")
+                   resize=pre["resize"] == "bilinear", convert=pre["color"] == "convert",
+                   labelled=bool(metadata.get("labels")))
 
 
 @dataclass(frozen=True)
@@ -331,14 +337,47 @@ def _decode_file(path: str, spec: InputSpec) -> np.ndarray:
                         resize=spec.resize, convert=spec.convert, name=path)
 
 
+def _folder_label(path: str) -> int:
+    """An image file's class for a conditional bundle: the integer name of its folder."""
+    folder = os.path.basename(os.path.dirname(path))
+    if not folder.isdigit():
+        msg = (f"{path}: the model is class-conditional and this image has no label; put it in a "
+               f"folder named by its class (e.g. 3/{os.path.basename(path)})")
+        raise InputError(msg)
+    return int(folder)
+
+
+def _array_labels(source: ArraySource, rows: list[int]) -> np.ndarray:
+    """The labels of some rows of an array input, from the labels file beside it (int64)."""
+    path = Path(source.path)
+    is_npy = path.suffix.lower() == ".npy"
+    labels_path = path.with_name(f"{path.stem}_labels.npy") if is_npy else labels_path_for(path)
+    if labels_path is None or not labels_path.exists():
+        expected = f"{path.stem}_labels.npy" if is_npy else "the IDX labels file"
+        msg = f"{path}: the model is class-conditional and {expected} is not beside it"
+        raise InputError(msg)
+    try:
+        labels = np.load(labels_path, mmap_mode="r", allow_pickle=False) if is_npy \
+            else read_idx(labels_path)
+    except (OSError, ValueError) as error:
+        msg = f"{labels_path}: cannot read labels ({error})"
+        raise InputError(msg) from None
+    if labels.ndim != 1 or len(labels) != source.rows:
+        msg = f"{labels_path}: {labels.shape} labels for {source.rows} images in {path}"
+        raise InputError(msg)
+    return np.asarray(labels[rows]).astype(np.int64)
+
+
 def load_chunk(chunk: Chunk, spec: InputSpec) -> dict[str, np.ndarray]:
-    """Read and decode a chunk: {"input", "index", "image" (B, C, H, W) uint8, "error" ('': none)}.
+    """Read and decode a chunk: {"input", "index", "image" (B, C, H, W) uint8, "error" ('': none)}
+    and, for a conditional bundle, "label" (B,) int64.
 
     An input that cannot be read gets zeros and its error message; nothing here raises for bad data.
     """
     n = len(chunk.items)
     images = np.zeros((n, spec.channels, spec.height, spec.width), np.uint8)
     errors = np.full(n, "", dtype=object)
+    labels = np.zeros(n, np.int64)
     by_array: dict[str, list[int]] = {}
     for position, (path, index) in enumerate(chunk.items):
         if path in chunk.broken:
@@ -348,6 +387,8 @@ def load_chunk(chunk: Chunk, spec: InputSpec) -> dict[str, np.ndarray]:
         else:
             try:
                 images[position] = _decode_file(path, spec)
+                if spec.labelled:
+                    labels[position] = _folder_label(path)
             except InputError as error:
                 errors[position] = str(error)
             except Exception as error:  # noqa: BLE001 -- a decoder bug on one file must not end the job
@@ -365,9 +406,18 @@ def load_chunk(chunk: Chunk, spec: InputSpec) -> dict[str, np.ndarray]:
                 images[p] = _to_input(row, spec, f"{path}[{chunk.items[p][1]}]")
             except InputError as error:
                 errors[p] = str(error)
-    return {
+        if spec.labelled:
+            try:
+                labels[positions] = _array_labels(source, [chunk.items[p][1] for p in positions])
+            except InputError as error:
+                for p in positions:
+                    errors[p] = errors[p] or str(error)
+    columns = {
         "input": np.array([path for path, _ in chunk.items], dtype=object),
         "index": np.array([index for _, index in chunk.items], dtype=np.int64),
         "image": images,
         "error": errors,
     }
+    if spec.labelled:
+        columns["label"] = labels
+    return columns

@@ -25,7 +25,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # infer(key, images) -> arrays whose first axis is the image; key groups jobs that run together.
-InferFn = Callable[[Hashable, np.ndarray], dict[str, np.ndarray | None]]
+# Jobs that carry per-image labels (conditional models) are run as infer(key, images, labels).
+InferFn = Callable[..., dict[str, np.ndarray | None]]
 
 
 class Rejected(Exception):
@@ -41,6 +42,7 @@ class _Job:
     images: np.ndarray  # (n, C, H, W)
     key: Hashable
     future: asyncio.Future
+    labels: np.ndarray | None = None  # (n,) class labels for a conditional model
     queued_at: float = field(default_factory=time.monotonic)
 
 
@@ -114,9 +116,14 @@ class MicroBatcher:
         return Arrival(self)
 
     def submit(
-        self, images: np.ndarray, key: Hashable = None, arrival: Arrival | None = None
+        self,
+        images: np.ndarray,
+        key: Hashable = None,
+        arrival: Arrival | None = None,
+        labels: np.ndarray | None = None,
     ) -> list[asyncio.Future]:
-        """Queue images (n, C, H, W); one future per chunk, resolving to its slice of outputs."""
+        """Queue images (n, C, H, W) (with their labels (n,), if any); one future per chunk,
+        resolving to its slice of outputs."""
         if arrival is not None:
             arrival.settle()
         if self._closing:
@@ -132,7 +139,9 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         futures = []
         for start in range(0, count, self.max_batch_size):
-            job = _Job(images[start : start + self.max_batch_size], key, loop.create_future())
+            stop = start + self.max_batch_size
+            part = None if labels is None else labels[start:stop]
+            job = _Job(images[start:stop], key, loop.create_future(), part)
             self._queue.append(job)
             futures.append(job.future)
         self._depth += count
@@ -252,7 +261,10 @@ class MicroBatcher:
     def _call(self, key: Hashable, jobs: list[_Job]) -> list[dict]:
         images = jobs[0].images if len(jobs) == 1 else np.concatenate([j.images for j in jobs])
         started = time.perf_counter()
-        outputs = self.infer(key, images)
+        if jobs[0].labels is None:
+            outputs = self.infer(key, images)
+        else:
+            outputs = self.infer(key, images, np.concatenate([j.labels for j in jobs]))
         self._on_inference(BatchStats(len(images), time.perf_counter() - started))
         sliced, start = [], 0
         for job in jobs:

@@ -52,7 +52,11 @@ def add_train(sub) -> None:
                    help="PixelCNN: also fit a background model on pixels substituted at this rate "
                         "(adds the likelihood_ratio score)")
     p.add_argument("--alpha", type=_alpha, default=0.01, help="default false-positive rate")
+    p.add_argument("--conditional", action="store_true",
+                   help="class-conditional model: trained, calibrated and scored with labels")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-report", action="store_true",
+                   help="skip the HTML training report (written to <out stem>-report/ by default)")
     p.set_defaults(run=run_train)
 
 
@@ -63,12 +67,17 @@ def run_train(args) -> int:
     names = {"pixelcnn": ("hidden", "layers", "kernel"), "vae": ("hidden", "latent", "likelihood")}
     model = {k: getattr(args, k) for k in names[args.kind] if getattr(args, k) is not None}
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-                        max_minutes=args.max_minutes, seed=args.seed, device=args.device)
+                        max_minutes=args.max_minutes, seed=args.seed, device=args.device,
+                        conditional=args.conditional)
     job = TrainJob(args.kind, args.data, args.out, normal_classes=args.normal_classes, model=model,
                    train=train, background_rate=args.background_rate, alpha=args.alpha,
                    samples=args.samples, progress=not args.no_progress, resume=args.resume)
     _, summary = run(job)
     if summary is not None:  # None on the ranks other than 0 under torchrun
+        if not args.no_report:
+            from training.report import report_after_training
+
+            summary["report"] = str(report_after_training(job).page)
         print(json.dumps(summary, indent=2))
     return 0
 
@@ -124,14 +133,57 @@ def run_evaluate(args) -> int:
         if data.labels is None:
             raise SystemExit(f"evaluate: {args.data} has no labels")
         is_normal = np.isin(data.labels, args.normal_classes)
-        normal, anomalous = data.images[is_normal], data.images[~is_normal]
+        normal, anomalous = data.select(is_normal), data.select(~is_normal)
     elif args.normal:
-        normal = load(args.normal).images
-        anomalous = load(args.anomalous).images if args.anomalous else None
+        normal = load(args.normal)
+        anomalous = load(args.anomalous) if args.anomalous else None
     else:
         raise SystemExit("evaluate: give --normal [--anomalous] or --data with --normal-classes")
-    report = evaluate(Detector.load(args.bundle, device="cpu"), normal, anomalous, alpha=args.alpha)
+    detector = Detector.load(args.bundle, device="cpu")
+    # A conditional bundle scores each image given its own label from the data.
+    labels_of = (lambda s: s.labels) if detector.conditional else (lambda s: None)
+    report = evaluate(detector, normal.images, anomalous and anomalous.images, alpha=args.alpha,
+                      normal_labels=labels_of(normal),
+                      anomalous_labels=anomalous and labels_of(anomalous))
     print(json.dumps(report, indent=2) if args.json else format_table(report))
+    return 0
+
+
+# --- report --------------------------------------------------------------------------------------
+def add_report(sub) -> None:
+    p = sub.add_parser("report", help="HTML page with figures: training curve, samples, "
+                                      "reconstructions, score histograms, ROC, calibration")
+    p.add_argument("source", help="a bundle FILE.onnx or checkpoint FILE.pt (each finds the other "
+                                  "beside it)")
+    p.add_argument("--data", required=True, help="data spec of normal images (held out from "
+                                                 "training)")
+    p.add_argument("--anomalous", help="data spec of anomalous images")
+    p.add_argument("--normal-classes", type=_classes,
+                   help="with labelled --data: these classes are normal, the rest anomalous "
+                        "(default: the bundle's training classes)")
+    p.add_argument("--out", required=True, help="folder for index.html, the PNGs and report.json")
+    p.add_argument("--alpha", type=_alpha, help="false-positive rate for thresholds (default: the "
+                                                "bundle's)")
+    p.add_argument("--samples", type=int, default=64, help="images to sample")
+    p.add_argument("--max-images", type=int, default=2000, help="score at most this many images "
+                                                                "per set")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="for sampling")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run_report)
+
+
+def run_report(args) -> int:
+    from training.report import report_from_specs
+
+    report = report_from_specs(args.source, args.data, args.out, anomalous=args.anomalous,
+                               normal_classes=args.normal_classes, alpha=args.alpha,
+                               n_samples=args.samples, max_images=args.max_images, seed=args.seed,
+                               device=args.device, progress=not args.no_progress)
+    print(json.dumps({"page": str(report.page), "figures": [f.file for f in report.figures],
+                      "omitted": report.omitted, **{k: v for k, v in report.metrics.items()
+                                                     if k in ("auroc", "fpr_at_alpha", "alpha")}},
+                     indent=2))
     return 0
 
 
@@ -248,8 +300,12 @@ def run_calibrate(args) -> int:
         raise SystemExit(msg)
     rule = args.rule or ("f1" if anomalous is not None and args.alpha is None else None)
     source = normal.source + (f" classes {args.normal_classes}" if args.normal_classes else "")
+    # A conditional bundle is calibrated with each image's own label from the data.
+    conditional = bool(bundle.metadata.get("labels"))
     meta, summary = recalibrate(
         bundle, normal.images, alpha=args.alpha,
+        labels=normal.labels if conditional else None,
+        anomalous_labels=anomalous.labels if conditional and anomalous is not None else None,
         anomalous=None if anomalous is None else anomalous.images, rule=rule, target=args.target,
         probability=None if args.probability == "none" else args.probability,
         anomaly_rate=args.anomaly_rate, score=args.score, source=source,
@@ -308,7 +364,7 @@ def run_serve(args) -> int:
     return 0
 
 
-COMMANDS = [add_train, add_info, add_evaluate, add_demo, add_score, add_calibrate, add_serve]
+COMMANDS = [add_train, add_info, add_evaluate, add_demo, add_score, add_calibrate, add_serve, add_report]
 
 
 def build_parser() -> argparse.ArgumentParser:

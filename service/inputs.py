@@ -67,6 +67,7 @@ class ImageSpec:
 class ParsedImages:
     images: np.ndarray  # uint8 (B, C, H, W)
     names: list[str | None]  # the client's file names (multipart), else None
+    labels: list | None = None  # class labels from a JSON body (conditional models), unchecked
 
 
 def check_count(count: int, spec: ImageSpec) -> None:
@@ -149,10 +150,14 @@ def from_json(body: bytes, spec: ImageSpec) -> ParsedImages:
     if not isinstance(document, dict) or not isinstance(document.get("images"), list):
         msg = 'expected a JSON object {"images": [...]} (base64 strings or nested pixel arrays)'
         raise ApiError(400, "invalid_request", msg)
-    unknown = sorted(set(document) - {"images"})
+    unknown = sorted(set(document) - {"images", "labels"})
     if unknown:
-        msg = f"unknown field(s) {unknown}; score options go in the query (score, alpha, heatmap)"
+        msg = (f"unknown field(s) {unknown}; the body holds images (and labels); score options go "
+               "in the query (score, alpha, heatmap)")
         raise ApiError(400, "invalid_request", msg)
+    labels = document.get("labels")
+    if labels is not None and not isinstance(labels, list):
+        raise ApiError(400, "invalid_labels", "labels must be a list, one class per image")
     items = document["images"]
     check_count(len(items), spec)
     arrays = []
@@ -169,7 +174,7 @@ def from_json(body: bytes, spec: ImageSpec) -> ParsedImages:
         else:
             msg = f"{name}: expected a base64 string or a nested array, got {type(item).__name__}"
             raise ApiError(400, "invalid_request", msg)
-    return ParsedImages(np.stack(arrays), [None] * len(arrays))
+    return ParsedImages(np.stack(arrays), [None] * len(arrays), labels)
 
 
 def from_files(files: list[tuple[str, bytes]], spec: ImageSpec) -> ParsedImages:

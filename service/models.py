@@ -19,6 +19,7 @@ import numpy as np
 from detectors import Detector, ScoreResult
 from detectors.bundle import Bundle
 from detectors.drift import DriftMonitor
+from detectors.errors import InputError
 
 from .batcher import Arrival, BatchStats, MicroBatcher, Rejected
 from .errors import ApiError
@@ -70,9 +71,10 @@ class ModelEntry:
         alpha: float | None = None,
         heatmap: bool = False,
         arrival: Arrival | None = None,
+        labels=None,
     ) -> ScoreResult:
         """Score images through the micro-batcher; ApiError for what the caller got wrong, Rejected
-        when the batcher cannot take the work."""
+        when the batcher cannot take the work. A conditional model needs one label per image."""
         detector = self.detector
         name = detector.default_score if score is None else score
         if name not in detector.score_names:
@@ -86,8 +88,12 @@ class ModelEntry:
                 400, "heatmap_unavailable", f"model {self.name!r} has no heat-map output"
             )
         batch = detector.check_images(images)
+        try:
+            labels = detector.check_labels(labels, len(batch))
+        except InputError as error:
+            raise ApiError(400, "invalid_labels", str(error)) from None
         # Raises Rejected when the batcher cannot take the work.
-        futures = self.batcher.submit(batch, (name, heatmap), arrival)
+        futures = self.batcher.submit(batch, (name, heatmap), arrival, labels)
         parts = await asyncio.gather(*futures)
         scores = np.concatenate([p["scores"] for p in parts])
         p_values = np.concatenate([p["p_values"] for p in parts])
@@ -141,6 +147,8 @@ class ModelEntry:
                 "data": meta["calibration"].get("data"),
             },
             "heatmap": self.has_heatmap,
+            "conditional": d.conditional,
+            "labels": meta.get("labels"),
             "loaded_at": self.loaded_at,
         }
         if not full:
@@ -331,7 +339,10 @@ class ModelRegistry:
             channels, height, width = detector.input_shape
             for size in sorted({1, self.settings.max_batch_size}):
                 blank = np.zeros((size, channels, height, width), np.uint8)
-                result = detector.score(blank, heatmap=bool(detector.metadata.get("heatmap")))
+                labels = None if not detector.conditional else np.full(size, detector.classes[0])
+                result = detector.score(
+                    blank, labels=labels, heatmap=bool(detector.metadata.get("heatmap"))
+                )
                 if not (np.all(result.p_values > 0) and np.all(result.p_values <= 1)):
                     msg = "warm-up produced p-values outside (0, 1]"
                     raise ValueError(msg)
@@ -340,9 +351,9 @@ class ModelRegistry:
     def _swap(self, name: str, path: Path, sig: Signature, detector: Detector) -> None:
         s, m = self.settings, self.metrics
 
-        def infer(key, images):
+        def infer(key, images, labels=None):
             score, heatmap = key
-            result = detector.score(images, score=score, heatmap=heatmap)
+            result = detector.score(images, labels=labels, score=score, heatmap=heatmap)
             return {
                 "scores": result.scores,
                 "p_values": result.p_values,

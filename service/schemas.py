@@ -29,6 +29,7 @@ class ImageScore(BaseModel):
     probability: float | None = Field(
         None, description="P(anomaly), when the bundle was calibrated on labelled anomalies"
     )
+    label: int | None = Field(None, description="the class it was scored as (conditional models)")
     heatmap: list[list[list[float]]] | None = Field(None, description="(C, H, W), when asked")
 
 

@@ -40,3 +40,34 @@ def digits_test():
     from detectors.datasets import load_digits
 
     return load_digits("test")
+
+
+def _train_conditional(kind: str, out):
+    """A class-conditional bundle on digits 0-4: trained long enough that the label matters."""
+    from training.pipeline import TrainJob, run
+    from training.train import TrainConfig
+
+    model = {"pixelcnn": {"hidden": 16, "layers": 3, "kernel": 3, "head": 32},
+             "vae": {"latent": 4, "hidden": 8}}[kind]
+    train = TrainConfig(epochs=10, batch_size=16, lr=3e-3, warmup_steps=10, patience=10, seed=0,
+                        conditional=True)
+    job = TrainJob(kind, "digits:train", str(out), normal_classes=DIGITS_NORMAL, model=model,
+                   train=train, progress=False, calibration=0.25)
+    bundle, _ = run(job)
+    return bundle
+
+
+@pytest.fixture(scope="session")
+def conditional_pixelcnn_bundle(tmp_path_factory):
+    """Path of a tiny class-conditional PixelCNN bundle (digits 0-4, label = digit)."""
+    out = tmp_path_factory.mktemp("bundles") / "conditional_pixelcnn.onnx"
+    _train_conditional("pixelcnn", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def conditional_vae_bundle(tmp_path_factory):
+    """Path of a tiny conditional VAE bundle (digits 0-4, label = digit)."""
+    out = tmp_path_factory.mktemp("bundles") / "conditional_vae.onnx"
+    _train_conditional("vae", out)
+    return out

@@ -164,9 +164,15 @@ def export_graph_bytes(kind: str, model: nn.Module, image_shape: tuple[int, int,
 
 def base_metadata(kind: str, model: nn.Module, image_shape: tuple[int, int, int], *,
                   has_background: bool, samples: int, alpha: float, training: dict,
-                  noise_seed: int = 0) -> dict:
-    """The bundle metadata before calibration (empty references)."""
+                  noise_seed: int = 0, classes: list[int] | None = None) -> dict:
+    """The bundle metadata before calibration (empty references). A conditional model lists the
+    `classes` it was trained on (default: all of 0 .. num_classes - 1)."""
     cfg = model.cfg
+    labels = None
+    if cfg.num_classes:
+        classes = sorted(int(c) for c in classes) if classes else list(range(cfg.num_classes))
+        labels = {"input": LABEL_INPUT, "dtype": "int64", "num_classes": cfg.num_classes,
+                  "classes": classes}
     channels, height, width = image_shape
     scores, default = score_specs(kind, has_background)
     return {
@@ -175,12 +181,14 @@ def base_metadata(kind: str, model: nn.Module, image_shape: tuple[int, int, int]
         "model": {"kind": kind, "hyperparameters": asdict(cfg),
                   "parameters": sum(p.numel() for p in model.parameters()),
                   "conditional": cfg.num_classes > 0,
+                  "num_classes": cfg.num_classes,
                   "background": has_background},
         "input": {"name": IMAGE_INPUT, "dtype": "uint8", "channels": channels,
                   "height": height, "width": width, "color_mode": "L" if channels == 1 else "RGB"},
         "preprocessing": {"resize": "bilinear", "color": "convert", "scale": "x / 127.5 - 1 (in graph)"},
         "noise": ({"input": NOISE_INPUT, "samples": samples, "latent_dim": cfg.latent,
                    "seed": noise_seed} if kind == "vae" else None),
+        "labels": labels,
         "scores": scores,
         "default_score": default,
         "default_score_reason": default_score(kind, scores)[1],

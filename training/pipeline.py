@@ -12,6 +12,7 @@ import torch
 
 import detectors
 from detectors.bundle import Bundle, write_bundle
+from detectors.errors import InputError
 from detectors.fitting import calibrated_metadata
 
 from . import distributed
@@ -44,11 +45,26 @@ def prepare_data(spec: str, normal_classes: list[int] | None) -> ImageSet:
     return data.with_classes(normal_classes) if normal_classes else data
 
 
-def model_config(kind: str, data: ImageSet, overrides: dict | None) -> dict:
+def model_config(kind: str, data: ImageSet, overrides: dict | None, *,
+                 conditional: bool = False) -> dict:
+    """The model's hyperparameters; a conditional model gets one class per label value up to the
+    largest label in the data (labels must be 0 .. K-1 integers)."""
     channels, height, width = data.images.shape[1:]
+    overrides = dict(overrides or {})
+    if conditional:
+        if data.labels is None:
+            msg = f"{data.source}: a conditional model needs labelled data; these images have none"
+            raise InputError(msg)
+        if data.labels.min() < 0:
+            msg = f"{data.source}: class labels must be >= 0 for a conditional model"
+            raise InputError(msg)
+        overrides.setdefault("num_classes", int(data.labels.max()) + 1)
+        if kind == "pixelcnn":  # for the per-class spatial bias
+            overrides.setdefault("height", height)
+            overrides.setdefault("width", width)
     if kind == "pixelcnn":
-        return asdict(PixelCNNConfig(channels=channels, **(overrides or {})))
-    return asdict(VAEConfig(channels=channels, height=height, width=width, **(overrides or {})))
+        return asdict(PixelCNNConfig(channels=channels, **overrides))
+    return asdict(VAEConfig(channels=channels, height=height, width=width, **overrides))
 
 
 def run(job: TrainJob) -> tuple[Bundle | None, dict | None]:
@@ -62,7 +78,8 @@ def run(job: TrainJob) -> tuple[Bundle | None, dict | None]:
     splits = split(data, seed=(job.train or TrainConfig()).seed, validation=job.validation,
                    calibration=job.calibration)
     cfg = job.train or TrainConfig()
-    config = model_config(job.kind, data, job.model)
+    config = model_config(job.kind, data, job.model, conditional=cfg.conditional)
+    classes = sorted(set(data.labels.tolist())) if cfg.conditional else None
     world = distributed.setup(cuda=resolve_device(cfg.device).type == "cuda")
     started = time.monotonic()
     model, result = fit(job.kind, config, splits, cfg, checkpoint=out.with_suffix(".pt"),
@@ -105,10 +122,16 @@ def run(job: TrainJob) -> tuple[Bundle | None, dict | None]:
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     meta = base_metadata(job.kind, model, image_shape, has_background=background is not None,
-                         samples=job.samples, alpha=job.alpha, training=training)
+                         samples=job.samples, alpha=job.alpha, training=training,
+                         classes=classes)
     draft = Bundle.from_bytes(write_bundle(graph, meta, out).model_bytes, path=str(out))
-    meta = calibrated_metadata(draft, splits.calibration.images, source=f"{job.data} (calibration split)")
-    test_bpd = _bundle_bits_per_dim(draft, splits.validation.images)
+    # A conditional bundle is calibrated on each calibration image given its own (true) label.
+    cal_labels, val_labels = None, None
+    if cfg.conditional:
+        cal_labels, val_labels = splits.calibration.labels, splits.validation.labels
+    meta = calibrated_metadata(draft, splits.calibration.images, labels=cal_labels,
+                               source=f"{job.data} (calibration split)")
+    test_bpd = _bundle_bits_per_dim(draft, splits.validation.images, val_labels)
     meta["training"]["validation_bits_per_dim_onnx"] = test_bpd
     bundle = write_bundle(graph, meta, out)
     summary = {"bundle": str(out), "checkpoint": str(out.with_suffix(".pt")),
@@ -117,13 +140,16 @@ def run(job: TrainJob) -> tuple[Bundle | None, dict | None]:
     return bundle, summary
 
 
-def _bundle_bits_per_dim(bundle: Bundle, images: np.ndarray) -> float:
+def _bundle_bits_per_dim(bundle: Bundle, images: np.ndarray,
+                         labels: np.ndarray | None = None) -> float:
     """Mean bits/dim through the exported graph: exact NLL (PixelCNN) or the IWAE bound (VAE)."""
     from detectors.runtime import OnnxSession
 
     session = OnnxSession(bundle, device="cpu")
     output = "nll_bits_per_dim" if bundle.kind == "pixelcnn" else "iwae_bits_per_dim"
-    values = [session.run(images[i:i + 256], [output])[output] for i in range(0, len(images), 256)]
+    values = [session.run(images[i:i + 256], [output],
+                          labels=None if labels is None else labels[i:i + 256])[output]
+              for i in range(0, len(images), 256)]
     return float(np.concatenate(values).mean())
 
 

@@ -33,6 +33,13 @@ class PixelCNNConfig:
     kernel: int = 5  # odd
     head: int = 128  # width of the 1x1 output head; divisible by `channels`
     num_classes: int = 0  # > 0: class-conditional (a label embedding biases every gate)
+    # With num_classes and the image size: each class also learns `label_maps` image-sized maps that
+    # bias every gate position by position (location-dependent conditioning, van den Oord et al.,
+    # 2016). A bias alone cannot say *where* a class puts its ink, and small nets cannot infer
+    # where they are from context.
+    height: int = 0
+    width: int = 0
+    label_maps: int = 4
 
     def __post_init__(self):
         assert self.channels in (1, 3), "PixelCNN models 1 or 3 channels"
@@ -116,12 +123,17 @@ class GatedLayer(nn.Module):
                                       out_gated=True)
         self.h_out = GroupMaskedConv(f, f, 1, c, strict=False)
         self.label_bias = nn.Embedding(cfg.num_classes, 4 * f) if cfg.num_classes else None
+        self.label_spatial = (nn.Conv2d(cfg.label_maps, 4 * f, 1, bias=False)
+                              if cfg.num_classes and cfg.height and cfg.label_maps else None)
 
-    def forward(self, v, h, label=None):
+    def forward(self, v, h, label=None, maps=None):
         v_feat = self.v_conv(v)  # (B, 2F, H, W)
         h_feat = self.h_conv(h) + self.v_to_h(shift_down(v_feat))
         if self.label_bias is not None:
-            v_bias, h_bias = self.label_bias(label)[:, :, None, None].chunk(2, dim=1)
+            bias = self.label_bias(label)[:, :, None, None]  # (B, 4F, 1, 1)
+            if self.label_spatial is not None:
+                bias = bias + self.label_spatial(maps)  # (B, 4F, H, W)
+            v_bias, h_bias = bias.chunk(2, dim=1)
             v_feat, h_feat = v_feat + v_bias, h_feat + h_bias
         v_next = gate(v_feat)
         h_next = self.h_out(gate(h_feat))
@@ -143,12 +155,19 @@ class PixelCNN(nn.Module):
             nn.ReLU(),
             GroupMaskedConv(cfg.head, c * LEVELS, 1, c, strict=False),
         )
+        self.label_maps = None
+        if cfg.num_classes and cfg.height and cfg.label_maps:
+            self.label_maps = nn.Parameter(0.1 * torch.randn(cfg.num_classes, cfg.label_maps,
+                                                             cfg.height, cfg.width))
 
     def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         assert (label is not None) == bool(self.cfg.num_classes), "label iff class-conditional"
         v = h = x.float() / 127.5 - 1.0  # (B, C, H, W) in [-1, 1]
+        maps = None
+        if self.label_maps is not None:  # (B, maps, H, W); x may hold only the top rows (sampling)
+            maps = self.label_maps[label][:, :, :x.shape[2], :x.shape[3]]
         for layer in self.layers:
-            v, h = layer(v, h, label)
+            v, h = layer(v, h, label, maps)
         logits = self.head(h)  # (B, C*256, H, W), channel-group major
         b, _, height, width = logits.shape
         return logits.view(b, self.cfg.channels, LEVELS, height, width)
@@ -163,20 +182,14 @@ class PixelCNN(nn.Module):
         """Negative log-likelihood per image in bits per dimension, (B,)."""
         return self.nll_bits_map(x, label).flatten(1).mean(1)
 
-    @torch.no_grad()
     def sample(self, n: int, height: int, width: int, *, label: torch.Tensor | None = None,
-               temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+               temperature: float = 1.0, generator: torch.Generator | None = None,
+               progress: bool = False) -> torch.Tensor:
         """Draw n images (n, C, H, W) uint8, pixel by pixel and channel by channel.
 
-        Each step reruns the network only on the rows that can still change the next pixel: the
-        rows up to the current one (the receptive field never looks down).
+        Every feature is computed once and kept (see `sampling.py`), batched over the n images.
         """
-        device = next(self.parameters()).device
-        x = torch.zeros(n, self.cfg.channels, height, width, dtype=torch.uint8, device=device)
-        for i in range(height):
-            for j in range(width):
-                for c in range(self.cfg.channels):
-                    logits = self(x[:, :, : i + 1], label)[:, c, :, i, j] / temperature  # (n, 256)
-                    probs = F.softmax(logits.float(), dim=1)
-                    x[:, c, i, j] = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(torch.uint8)
-        return x
+        from .sampling import sample
+
+        return sample(self, n, height, width, label=label, temperature=temperature,
+                      generator=generator, progress=progress)

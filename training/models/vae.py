@@ -87,7 +87,11 @@ class VAE(nn.Module):
     # --- the pieces --------------------------------------------------------------------------
     def _one_hot(self, label: torch.Tensor | None) -> torch.Tensor | None:
         assert (label is not None) == bool(self.cfg.num_classes), "label iff conditional"
-        return None if label is None else F.one_hot(label.long(), self.cfg.num_classes).float()
+        if label is None:
+            return None
+        # The one-hot as a plain comparison with 0..K-1 (an Equal node in the exported graph).
+        classes = torch.arange(self.cfg.num_classes, device=label.device)
+        return (label.long()[:, None] == classes).float()  # (B, num_classes)
 
     def encode(self, x: torch.Tensor, label: torch.Tensor | None = None):
         """uint8 (B, C, H, W) -> posterior mean and log-variance, each (B, latent)."""
