@@ -71,8 +71,20 @@ def write_pngs(folder: Path, images: np.ndarray) -> None:
 def train_bundle(work: Path, datasets: Path, args) -> Path:
     np.save(work / "train.npy", source_images(datasets, "train", args.train_images))
     out = work / "bench.onnx"
-    command = [*NORMALCY, "train", args.kind, "--data", f"npy:{work / 'train.npy'}",
-               "--out", str(out), "--epochs", "1", "--hidden", str(args.hidden), "--no-progress"]
+    command = [
+        *NORMALCY,
+        "train",
+        args.kind,
+        "--data",
+        f"npy:{work / 'train.npy'}",
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--hidden",
+        str(args.hidden),
+        "--no-progress",
+    ]
     if args.kind == "pixelcnn":
         command += ["--layers", str(args.layers)]
     subprocess.run(command, check=True, cwd=ROOT, capture_output=True)
@@ -89,10 +101,14 @@ def ceiling(bundle: str, images_path: str, batch_size: int, device: str) -> dict
     detector.score(images[:batch_size])  # warm-up
     started = time.perf_counter()
     for start in range(0, len(images), batch_size):
-        detector.score(images[start:start + batch_size])
+        detector.score(images[start : start + batch_size])
     seconds = time.perf_counter() - started
-    return {"images": len(images), "seconds": seconds, "images_per_second": len(images) / seconds,
-            "provider": detector.provider}
+    return {
+        "images": len(images),
+        "seconds": seconds,
+        "images_per_second": len(images) / seconds,
+        "provider": detector.provider,
+    }
 
 
 def _tree_pss_kib(root: int) -> int:
@@ -133,13 +149,18 @@ def run_score(command: list[str]) -> dict:
     if process.returncode != 0:
         sys.exit(f"failed: {' '.join(command)}\n{stderr.decode()[-3000:]}")
     summary = json.loads(stdout)
-    return {"seconds": seconds, "images_per_second": summary["processed_this_run"] / seconds,
-            "peak_pss_mib": peak_kib / 1024, "summary": summary}
+    return {
+        "seconds": seconds,
+        "images_per_second": summary["processed_this_run"] / seconds,
+        "peak_pss_mib": peak_kib / 1024,
+        "summary": summary,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="1k and 4k PNGs and a tiny model")
     parser.add_argument("--sizes", type=int, nargs=2, help="two folder sizes (default 10k 100k)")
     parser.add_argument("--bundle", help="a bundle taking 28x28 grey images (default: train one)")
@@ -180,15 +201,31 @@ def main() -> None:
         np.save(work / "decoded.npy", images[:small])
 
         common = ["--batch-size", str(args.batch_size), "--device", args.device]
-        done = subprocess.run([sys.executable, __file__, "--ceiling", bundle,
-                               str(work / "decoded.npy"), *common],
-                              check=True, cwd=ROOT, capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--ceiling", bundle, str(work / "decoded.npy"), *common],
+            check=True,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         top = json.loads(done.stdout)
 
         def score(size: int, engine: str, *extra: str) -> dict:
-            return run_score([*NORMALCY, "score", bundle, str(work / f"png{size}"), "--out",
-                              str(work / f"{engine}{size}.parquet"), "--engine", engine,
-                              "--no-progress", *common, *extra])
+            return run_score(
+                [
+                    *NORMALCY,
+                    "score",
+                    bundle,
+                    str(work / f"png{size}"),
+                    "--out",
+                    str(work / f"{engine}{size}.parquet"),
+                    "--engine",
+                    engine,
+                    "--no-progress",
+                    *common,
+                    *extra,
+                ]
+            )
 
         workers = ["--workers", str(args.workers)]
         local = {size: score(size, "local", *workers) for size in (small, large)}
@@ -205,36 +242,61 @@ def main() -> None:
 
     def row(name: str, size: int, figures: dict) -> str:
         job = figures["summary"]["images_per_second"]
-        return (f"| {name} | {size:,} | {figures['images_per_second']:,.0f} | "
-                f"{figures['images_per_second'] / top['images_per_second']:.0%} | {job:,.0f} | "
-                f"{figures['peak_pss_mib']:,.0f} |")
+        return (
+            f"| {name} | {size:,} | {figures['images_per_second']:,.0f} | "
+            f"{figures['images_per_second'] / top['images_per_second']:.0%} | {job:,.0f} | "
+            f"{figures['peak_pss_mib']:,.0f} |"
+        )
 
-    rows = [f"| ceiling: Detector.score on decoded images | {top['images']:,} | "
-            f"{top['images_per_second']:,.0f} | 100% | - | - |"]
-    rows += [row(f"normalcy score, local engine ({args.workers} decoders)", size, figures)
-             for size, figures in local.items()]
-    rows += [row(f"normalcy score, Ray engine (Ray start-up "
-                 f"{figures['summary'].get('ray_start_seconds', 0):.1f} s)", size, figures)
-             for size, figures in ray.items()]
-    table = "\n".join([
-        f"Batch scoring of 28x28 PNGs ({args.kind}, batch {args.batch_size}, device {args.device}, "
-        f"{os.cpu_count()} CPUs)",
-        "",
-        "| run | images | images/s, process start to exit | of ceiling | images/s, in the job "
-        "| peak PSS, MiB (process tree) |",
-        "|---|---:|---:|---:|---:|---:|",
-        *rows,
-        "",
-        f"End-to-end at {large:,} images: {ratio:.0%} of the ceiling (goal >= 90%). "
-        f"Peak memory {large:,} / {small:,} images: {memory:.2f} (goal: within 10%).",
-    ])
+    rows = [
+        f"| ceiling: Detector.score on decoded images | {top['images']:,} | "
+        f"{top['images_per_second']:,.0f} | 100% | - | - |"
+    ]
+    rows += [
+        row(f"normalcy score, local engine ({args.workers} decoders)", size, figures)
+        for size, figures in local.items()
+    ]
+    rows += [
+        row(
+            f"normalcy score, Ray engine (Ray start-up "
+            f"{figures['summary'].get('ray_start_seconds', 0):.1f} s)",
+            size,
+            figures,
+        )
+        for size, figures in ray.items()
+    ]
+    table = "\n".join(
+        [
+            f"Batch scoring of 28x28 PNGs ({args.kind}, batch {args.batch_size}, "
+            f"device {args.device}, "
+            f"{os.cpu_count()} CPUs)",
+            "",
+            "| run | images | images/s, process start to exit | of ceiling | images/s, in the job "
+            "| peak PSS, MiB (process tree) |",
+            "|---|---:|---:|---:|---:|---:|",
+            *rows,
+            "",
+            f"End-to-end at {large:,} images: {ratio:.0%} of the ceiling (goal >= 90%). "
+            f"Peak memory {large:,} / {small:,} images: {memory:.2f} (goal: within 10%).",
+        ]
+    )
     if ray:
-        table += (f" Ray / local engine at {small:,} images: "
-                  f"{ray[small]['images_per_second'] / local[small]['images_per_second']:.2f}.")
-    results = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()},
-               "bundle": bundle, "train_seconds": train_seconds, "write_png_seconds": write_seconds,
-               "ceiling": top, "local": local, "ray": ray, "ratio_to_ceiling": ratio,
-               "peak_memory_ratio": memory}
+        table += (
+            f" Ray / local engine at {small:,} images: "
+            f"{ray[small]['images_per_second'] / local[small]['images_per_second']:.2f}."
+        )
+    results = {
+        "machine": machine(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "bundle": bundle,
+        "train_seconds": train_seconds,
+        "write_png_seconds": write_seconds,
+        "ceiling": top,
+        "local": local,
+        "ray": ray,
+        "ratio_to_ceiling": ratio,
+        "peak_memory_ratio": memory,
+    }
     name = "batch_scoring_quick" if args.quick else "batch_scoring"
     write_results(args.out, name, results, table)
 

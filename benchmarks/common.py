@@ -8,19 +8,27 @@ import platform
 import sys
 from pathlib import Path
 
-DEFAULT_DATASETS = Path(os.environ.get("NORMALCY_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+DEFAULT_DATASETS = Path(
+    os.environ.get("NORMALCY_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets")
+)
 
 
 def dataset_spec(datasets: Path, name: str, split: str) -> str:
-    """idx spec of `name` (mnist | fashion-mnist), split train | t10k; exits when the files are absent."""
+    """idx spec of `name` (mnist | fashion-mnist), split train | t10k; exits if absent."""
     path = Path(datasets) / name / f"{split}-images-idx3-ubyte.gz"
     if not path.exists():
-        sys.exit(f"skipped: {path} not found (pass --datasets DIR holding mnist/ and fashion-mnist/)")
+        sys.exit(
+            f"skipped: {path} not found (pass --datasets DIR holding mnist/ and fashion-mnist/)"
+        )
     return f"idx:{path}"
 
 
 def machine() -> dict:
-    info = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
+    info = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
     try:
         import torch
 

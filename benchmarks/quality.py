@@ -306,7 +306,10 @@ def gpu_facts() -> dict[str, str]:
     try:
         line = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,compute_mode", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20, check=True,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
         ).stdout.splitlines()[0]
     except (OSError, subprocess.SubprocessError, IndexError):
         return {}
@@ -397,29 +400,38 @@ class Results:
             self.pending.pop(info["key"], None)
             self.units.pop(info["key"], None)
             return
-        print(f"  trained {info['key']} {info['role']}: {info['epochs']} epoch(s), validation "
-              f"{info['validation_bits_per_dim']:.4f} bits/dim, {info['seconds']} s", flush=True)
+        print(
+            f"  trained {info['key']} {info['role']}: {info['epochs']} epoch(s), validation "
+            f"{info['validation_bits_per_dim']:.4f} bits/dim, {info['seconds']} s",
+            flush=True,
+        )
         got = self.pending.setdefault(info["key"], {})
         got[info["role"]] = info
         unit = self.units.get(info["key"])
         if unit is None or set(got) != set(unit.roles):
             return
         try:
-            record = finish_unit(unit, self.pending.pop(unit.key), self.settings, self.codes,
-                                 self.out)
+            record = finish_unit(
+                unit, self.pending.pop(unit.key), self.settings, self.codes, self.out
+            )
         except Exception as error:
-            self.error(unit.key, "scoring", f"{type(error).__name__}: {error}",
-                       traceback.format_exc())
+            self.error(
+                unit.key, "scoring", f"{type(error).__name__}: {error}", traceback.format_exc()
+            )
             return
         default = record["scores"][record["default_score"]]
-        print(f"  scored {unit.key}: {record['default_score']} AUROC {default['auroc']:.4f} "
-              f"({self.elapsed():.0f} s)", flush=True)
+        print(
+            f"  scored {unit.key}: {record['default_score']} AUROC {default['auroc']:.4f} "
+            f"({self.elapsed():.0f} s)",
+            flush=True,
+        )
         self.data["records"].append(record)
         self.write()
 
 
-def run_items(items: list[Item], results: Results, *, workers: int, device: str, threads: int,
-              deadline: float) -> None:
+def run_items(
+    items: list[Item], results: Results, *, workers: int, device: str, threads: int, deadline: float
+) -> None:
     """Train every item (in `workers` processes when more than one); none starts after
     `deadline` seconds, and those are reported as skipped."""
     if workers == 1:
@@ -430,8 +442,9 @@ def run_items(items: list[Item], results: Results, *, workers: int, device: str,
             results.collect(run_item_safely(item))
         return
     context = mp.get_context("spawn")  # CUDA cannot be shared with forked children
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                                initializer=warm_worker, initargs=(device, threads)) as pool:
+    with cf.ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=warm_worker, initargs=(device, threads)
+    ) as pool:
         futures = {pool.submit(run_item_safely, item): item for item in items}
         remaining = set(futures)
         while remaining:
@@ -443,9 +456,12 @@ def run_items(items: list[Item], results: Results, *, workers: int, device: str,
                     info = future.result()
                 except Exception as error:  # a worker died (out of memory, a broken pool)
                     item = futures[future]
-                    info = {"key": item.unit.key, "role": item.role,
-                            "error": f"{type(error).__name__}: {error}",
-                            "traceback": traceback.format_exc()}
+                    info = {
+                        "key": item.unit.key,
+                        "role": item.role,
+                        "error": f"{type(error).__name__}: {error}",
+                        "traceback": traceback.format_exc(),
+                    }
                 results.collect(info)
             if results.elapsed() > deadline:
                 for future in list(remaining):
@@ -459,13 +475,22 @@ def make_settings(args, *, device: str, scorer: str, workers: int, scratch: str)
     """What every worker needs to know, picklable."""
     cores = os.cpu_count() or 1
     return {
-        "datasets": args.datasets, "device": device, "scorer": scorer, "seed": args.seed,
-        "samples": args.samples, "background_rate": args.background_rate, "patience": 5,
+        "datasets": args.datasets,
+        "device": device,
+        "scorer": scorer,
+        "seed": args.seed,
+        "samples": args.samples,
+        "background_rate": args.background_rate,
+        "patience": 5,
         "warmup_steps": 5 if args.quick else 50,
         "train_overrides": {"batch_size": 32} if args.quick else {},
-        "max_train": 3000 if args.quick else None, "max_test": 600 if args.quick else None,
-        "calibration_fraction": {"pair": 0.1, "oneclass": 0.2}, "scratch": scratch,
-        "threads": max(1, cores // workers), "quick": args.quick, "workers": workers,
+        "max_train": 3000 if args.quick else None,
+        "max_test": 600 if args.quick else None,
+        "calibration_fraction": {"pair": 0.1, "oneclass": 0.2},
+        "scratch": scratch,
+        "threads": max(1, cores // workers),
+        "quick": args.quick,
+        "workers": workers,
         "seconds_per_model": args.seconds_per_model,
         "seconds_per_class_model": args.seconds_per_class_model,
     }
@@ -476,8 +501,11 @@ def main(argv=None) -> int:
     root = Path(args.datasets)
     missing = [d for d in DATASETS if not (root / d / "train-images-idx3-ubyte.gz").exists()]
     if missing:
-        print(f"quality benchmark skipped: {', '.join(missing)} not found under {root} "
-              "(expected <name>/train-images-idx3-ubyte.gz and t10k-*)", file=sys.stderr)
+        print(
+            f"quality benchmark skipped: {', '.join(missing)} not found under {root} "
+            "(expected <name>/train-images-idx3-ubyte.gz and t10k-*)",
+            file=sys.stderr,
+        )
         return 2
     import torch
 
@@ -500,27 +528,44 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     scratch = tempfile.TemporaryDirectory(prefix="normalcy-quality-")
-    settings = make_settings(args, device=device, scorer=scorer, workers=workers,
-                             scratch=scratch.name)
+    settings = make_settings(
+        args, device=device, scorer=scorer, workers=workers, scratch=scratch.name
+    )
     cores = os.cpu_count() or 1
-    device_name = (gpu.get("name", "cuda") if device == "cuda"
-                   else f"cpu ({platform.processor() or 'unknown'}, {cores} cores)")
+    device_name = (
+        gpu.get("name", "cuda")
+        if device == "cuda"
+        else f"cpu ({platform.processor() or 'unknown'}, {cores} cores)"
+    )
     torch.set_num_threads(max(1, min(4, cores)))
     items = plan(args, settings, out)
     header = {
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "device": device_name,
-        "torch_version": torch.__version__, "gpu": gpu, "command": " ".join(sys.argv),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "device": device_name,
+        "torch_version": torch.__version__,
+        "gpu": gpu,
+        "command": " ".join(sys.argv),
         "settings": {k: v for k, v in settings.items() if k != "scratch"},
-        "models": MODELS["quick" if args.quick else "full"], "train": TRAIN,
+        "models": MODELS["quick" if args.quick else "full"],
+        "train": TRAIN,
     }
     results = Results(out, settings, header, {item.unit.key: item.unit for item in items})
     deadline = args.deadline if args.deadline is not None else (math.inf if args.quick else 300.0)
     budget = sum(item.seconds for item in items)
-    print(f"quality: {len(items)} models on {device_name}, {workers} at a time, scorer {scorer}; "
-          f"{budget:.0f} s of training budgets, about {budget / min(workers, len(items)):.0f} s "
-          f"of wall time for training alone; no model starts after {deadline:.0f} s", flush=True)
-    run_items(items, results, workers=workers, device=device, threads=settings["threads"],
-              deadline=deadline)
+    print(
+        f"quality: {len(items)} models on {device_name}, {workers} at a time, scorer {scorer}; "
+        f"{budget:.0f} s of training budgets, about {budget / min(workers, len(items)):.0f} s "
+        f"of wall time for training alone; no model starts after {deadline:.0f} s",
+        flush=True,
+    )
+    run_items(
+        items,
+        results,
+        workers=workers,
+        device=device,
+        threads=settings["threads"],
+        deadline=deadline,
+    )
     results.write()
     scratch.cleanup()
     print((out / "results.md").read_text())

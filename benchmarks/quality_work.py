@@ -155,9 +155,16 @@ def save_weights(path: str, kind: str, model_config: dict, train, model, result)
     import torch
 
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"kind": kind, "model_config": dict(model_config), "train_config": asdict(train),
-               "best_state_dict": weights, "epoch": result.epochs, "history": result.history,
-               "best_val": result.best_validation_bits_per_dim, "stopped": result.stopped}
+    payload = {
+        "kind": kind,
+        "model_config": dict(model_config),
+        "train_config": asdict(train),
+        "best_state_dict": weights,
+        "epoch": result.epochs,
+        "history": result.history,
+        "best_val": result.best_validation_bits_per_dim,
+        "stopped": result.stopped,
+    }
     tmp = Path(path).with_name(f".{Path(path).name}.tmp")
     torch.save(payload, tmp)
     tmp.replace(path)

@@ -34,15 +34,20 @@ def _timed(fn, device) -> tuple[float, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--checkpoint", help="a PixelCNN checkpoint (.pt); default: random weights")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--kernel", type=int, default=5)
     parser.add_argument("--size", type=int, default=28, help="image height and width")
-    parser.add_argument("--batch", type=int, action="append", help="cached-sampler batch sizes "
-                        "(default 1, 16, 64, 256)")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        action="append",
+        help="cached-sampler batch sizes (default 1, 16, 64, 256)",
+    )
     parser.add_argument("--naive-batch", type=int, default=8, help="images the naive sampler draws")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
@@ -71,10 +76,14 @@ def main() -> None:
         described = f"checkpoint {args.checkpoint}"
     else:
         torch.manual_seed(0)
-        model = PixelCNN(PixelCNNConfig(hidden=args.hidden, layers=args.layers, kernel=args.kernel,
-                                        head=2 * args.hidden)).eval()
-        described = (f"random weights, hidden {args.hidden}, {args.layers} layers, "
-                     f"kernel {args.kernel}")
+        model = PixelCNN(
+            PixelCNNConfig(
+                hidden=args.hidden, layers=args.layers, kernel=args.kernel, head=2 * args.hidden
+            )
+        ).eval()
+        described = (
+            f"random weights, hidden {args.hidden}, {args.layers} layers, kernel {args.kernel}"
+        )
     model = model.to(device)
     num_classes = model.cfg.num_classes
     size = args.size
@@ -90,13 +99,15 @@ def main() -> None:
     runs = []
     for n in batches:
         seconds, _ = _timed(lambda n=n: fast(n), device)
-        runs.append({"sampler": "cached", "batch": n, "seconds": seconds,
-                     "images_per_s": n / seconds})
+        runs.append(
+            {"sampler": "cached", "batch": n, "seconds": seconds, "images_per_s": n / seconds}
+        )
         print(f"cached  batch {n:4d}: {n / seconds:10.2f} images/s ({seconds:.2f} s)", flush=True)
     n = args.naive_batch
     gen = torch.Generator(device=device).manual_seed(1)
     seconds, naive = _timed(
-        lambda: sample_naive(model, n, size, size, label=labels(n), generator=gen), device)
+        lambda: sample_naive(model, n, size, size, label=labels(n), generator=gen), device
+    )
     runs.append({"sampler": "naive", "batch": n, "seconds": seconds, "images_per_s": n / seconds})
     print(f"naive   batch {n:4d}: {n / seconds:10.2f} images/s ({seconds:.2f} s)", flush=True)
     identical = bool(torch.equal(naive, fast(n, seed=1)))
@@ -104,23 +115,35 @@ def main() -> None:
     same_batch = next((r for r in runs if r["sampler"] == "cached" and r["batch"] == n), None)
     best = max((r for r in runs if r["sampler"] == "cached"), key=lambda r: r["images_per_s"])
     naive_rate = runs[-1]["images_per_s"]
-    rows = [f"| {r['sampler']} | {r['batch']} | {r['images_per_s']:,.2f} | {r['seconds']:.2f} |"
-            for r in runs]
+    rows = [
+        f"| {r['sampler']} | {r['batch']} | {r['images_per_s']:,.2f} | {r['seconds']:.2f} |"
+        for r in runs
+    ]
     threads = torch.get_num_threads() if device.type == "cpu" else "-"
     ratio = f"Best cached / naive: {best['images_per_s'] / naive_rate:,.0f}x"
     if same_batch:
         ratio += f"; at the same batch ({n}): {same_batch['images_per_s'] / naive_rate:,.0f}x"
-    table = "\n".join([
-        f"PixelCNN sampling, {size}x{size}, {described}; device {device.type}, {threads} threads",
-        "",
-        "| sampler | batch | images/s | seconds |",
-        "|---|---:|---:|---:|",
-        *rows,
-        "",
-        f"{ratio}. Same generator, identical images: {identical}.",
-    ])
-    results = {"machine": machine(), "model": described, "size": size, "device": device.type,
-               "threads": threads, "identical": identical, "runs": runs}
+    table = "\n".join(
+        [
+            f"PixelCNN sampling, {size}x{size}, {described}; "
+            f"device {device.type}, {threads} threads",
+            "",
+            "| sampler | batch | images/s | seconds |",
+            "|---|---:|---:|---:|",
+            *rows,
+            "",
+            f"{ratio}. Same generator, identical images: {identical}.",
+        ]
+    )
+    results = {
+        "machine": machine(),
+        "model": described,
+        "size": size,
+        "device": device.type,
+        "threads": threads,
+        "identical": identical,
+        "runs": runs,
+    }
     write_results(args.out, "sampling_quick" if args.quick else "sampling", results, table)
     if not identical:
         sys.exit("the cached sampler disagrees with the naive one")

@@ -5,9 +5,10 @@
 
 (the Fashion-MNIST bundles and checkpoints that `benchmarks/quality.py` writes).
 
-Each (runtime, batch size) runs in its own process: torch and ONNX Runtime thread pools in one process
-fight and give unreliable figures. Both use every CPU core (or --threads). The torch side rebuilds the
-model from the checkpoint beside the bundle (`<stem>.pt`) and computes the same outputs as the graph.
+Each (runtime, batch size) runs in its own process: torch and ONNX Runtime thread pools in one
+process fight and give unreliable figures. Both use every CPU core (or --threads). The torch side
+rebuilds the model from the checkpoint beside the bundle (`<stem>.pt`) and computes the same
+outputs as the graph.
 """
 
 from __future__ import annotations
@@ -48,8 +49,11 @@ def worker(runtime: str, bundle_path: str, batch: int, seconds: float, threads: 
     from detectors.bundle import Bundle
 
     bundle = Bundle.read(bundle_path)
-    shape = (bundle.metadata["input"]["channels"], bundle.metadata["input"]["height"],
-             bundle.metadata["input"]["width"])
+    shape = (
+        bundle.metadata["input"]["channels"],
+        bundle.metadata["input"]["height"],
+        bundle.metadata["input"]["width"],
+    )
     images = _images(shape, batch)
     if runtime == "onnxruntime":
         from detectors.runtime import OnnxSession
@@ -70,7 +74,9 @@ def worker(runtime: str, bundle_path: str, batch: int, seconds: float, threads: 
         if kind == "pixelcnn":
             background = None
             if bundle.metadata["model"].get("background"):  # the graph runs both models
-                _, background, _ = model_from_checkpoint(path.with_name(f"{path.stem}.background.pt"))
+                _, background, _ = model_from_checkpoint(
+                    path.with_name(f"{path.stem}.background.pt")
+                )
             graph = PixelCNNGraph(model, background).eval()
             args = (x,)
         else:
@@ -83,21 +89,36 @@ def worker(runtime: str, bundle_path: str, batch: int, seconds: float, threads: 
                 graph(*args)
 
         elapsed, calls = _time(step, seconds)
-    return {"runtime": runtime, "batch": batch, "images_per_s": calls * batch / elapsed,
-            "ms_per_batch": 1000 * elapsed / calls, "threads": threads}
+    return {
+        "runtime": runtime,
+        "batch": batch,
+        "images_per_s": calls * batch / elapsed,
+        "ms_per_batch": 1000 * elapsed / calls,
+        "threads": threads,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", action="append", required=True, help="bundle(s) with a checkpoint beside")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--bundle", action="append", required=True, help="bundle(s) with a checkpoint beside"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--seconds", type=float, default=5.0, help="timed seconds per measurement")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--batch", type=int, action="append", help=f"batch sizes (default {BATCH_SIZES})")
+    parser.add_argument(
+        "--batch", type=int, action="append", help=f"batch sizes (default {BATCH_SIZES})"
+    )
     parser.add_argument("--worker", choices=["onnxruntime", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.bundle[0], args.batch[0], args.seconds, args.threads)))
+        print(
+            json.dumps(
+                worker(args.worker, args.bundle[0], args.batch[0], args.seconds, args.threads)
+            )
+        )
         return
 
     from benchmarks.common import machine, write_results
@@ -109,22 +130,36 @@ def main() -> None:
         for batch in args.batch or BATCH_SIZES:
             figures = {}
             for runtime in ("onnxruntime", "torch"):
-                command = [sys.executable, __file__, "--worker", runtime, "--bundle", bundle_path,
-                           "--batch", str(batch), "--seconds", str(args.seconds),
-                           "--threads", str(args.threads)]
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    runtime,
+                    "--bundle",
+                    bundle_path,
+                    "--batch",
+                    str(batch),
+                    "--seconds",
+                    str(args.seconds),
+                    "--threads",
+                    str(args.threads),
+                ]
                 done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT)
                 figures[runtime] = json.loads(done.stdout.strip().splitlines()[-1])
                 results["runs"].append({"bundle": bundle_path, "kind": kind, **figures[runtime]})
             ort, eager = figures["onnxruntime"]["images_per_s"], figures["torch"]["images_per_s"]
             rows.append(f"| {kind} | {batch} | {ort:,.0f} | {eager:,.0f} | {ort / eager:.2f} |")
-    table = "\n".join([
-        f"Inference throughput, images/s ({args.threads} threads, {results['machine']['cpus']} CPUs; "
-        "each runtime in its own process)",
-        "",
-        "| model | batch | ONNX Runtime | PyTorch eager | ratio |",
-        "|---|---:|---:|---:|---:|",
-        *rows,
-    ])
+    table = "\n".join(
+        [
+            f"Inference throughput, images/s ({args.threads} threads, "
+            f"{results['machine']['cpus']} CPUs; "
+            "each runtime in its own process)",
+            "",
+            "| model | batch | ONNX Runtime | PyTorch eager | ratio |",
+            "|---|---:|---:|---:|---:|",
+            *rows,
+        ]
+    )
     write_results(args.out, "throughput", results, table)
 
 

@@ -9,13 +9,15 @@ Everything a server needs besides the graph travels under the key `normalcy`:
     noise                    null, or {"input", "samples", "latent_dim", "seed"} for the VAE
     labels                   null, or {"input", "dtype": "int64", "num_classes", "classes"} for a
                              class-conditional model (one label per image, a second graph input)
-    scores                   {name: {"kind", "output", ..., "units", "direction", "reference": [...]}}
+    scores                   {name: {"kind", "output", ..., "units", "direction",
+                                     "reference": [...]}}
                              and optionally "probability": a map to P(anomaly) (supervised.py)
     default_score            a key of `scores`
     heatmap                  {"output", "mean": [...], "std": [...]} per-pixel normal statistics
-    calibration              {"alpha", "n_reference", "data", ...} (the threshold follows from these)
+    calibration              {"alpha", "n_reference", "data", ...} (thresholds follow from these)
                              and "choice": how labelled anomalies chose alpha, when they did
-    training                 {"data_fingerprint", "epochs", "test_bits_per_dim", "package_version", ...}
+    training                 {"data_fingerprint", "epochs", "validation_bits_per_dim",
+                              "package_version", ...}
 
 A bundle whose metadata is missing, of another version, or inconsistent with its graph is refused
 with a BundleError.
@@ -79,7 +81,8 @@ class Bundle:
             raise BundleError(msg) from None
         if METADATA_KEY not in props:
             msg = (
-                f"{where}: no '{METADATA_KEY}' metadata; this ONNX file was not exported by normalcy "
+                f"{where}: no '{METADATA_KEY}' metadata; "
+                f"this ONNX file was not exported by normalcy "
                 "(train one with `normalcy train`)"
             )
             raise BundleError(msg)
@@ -135,7 +138,8 @@ def validate_metadata(meta: Any, *, where: str = "bundle") -> None:
     _require(
         version == FORMAT_VERSION,
         where,
-        f"unknown metadata format_version {version!r}; this normalcy reads version {FORMAT_VERSION}",
+        f"unknown metadata format_version {version!r}; "
+        f"this normalcy reads version {FORMAT_VERSION}",
     )
     for key in ("model", "input", "preprocessing", "scores", "default_score", "calibration"):
         _require(key in meta, where, f"metadata lacks '{key}'")
@@ -145,19 +149,31 @@ def validate_metadata(meta: Any, *, where: str = "bundle") -> None:
 
     inp = meta["input"]
     mode = inp.get("color_mode")
-    _require(mode in COLOR_MODES, where, f"input color_mode {mode!r} is not one of {list(COLOR_MODES)}")
-    _require(inp.get("channels") == COLOR_MODES[mode], where, f"color mode {mode} needs "
-             f"{COLOR_MODES[mode]} channel(s), metadata says {inp.get('channels')}")
+    _require(
+        mode in COLOR_MODES, where, f"input color_mode {mode!r} is not one of {list(COLOR_MODES)}"
+    )
+    _require(
+        inp.get("channels") == COLOR_MODES[mode],
+        where,
+        f"color mode {mode} needs "
+        f"{COLOR_MODES[mode]} channel(s), metadata says {inp.get('channels')}",
+    )
     for dim in ("height", "width"):
         _require(isinstance(inp.get(dim), int) and inp[dim] > 0, where, f"input {dim} must be > 0")
     _require(inp.get("dtype") == "uint8", where, "input dtype must be uint8")
     _require(isinstance(inp.get("name"), str), where, "input name missing")
 
     pre = meta["preprocessing"]
-    _require(pre.get("resize") in ("bilinear", "refuse"), where, "preprocessing.resize must be "
-             "'bilinear' or 'refuse'")
-    _require(pre.get("color") in ("convert", "refuse"), where, "preprocessing.color must be "
-             "'convert' or 'refuse'")
+    _require(
+        pre.get("resize") in ("bilinear", "refuse"),
+        where,
+        "preprocessing.resize must be 'bilinear' or 'refuse'",
+    )
+    _require(
+        pre.get("color") in ("convert", "refuse"),
+        where,
+        "preprocessing.color must be 'convert' or 'refuse'",
+    )
 
     noise = meta.get("noise")
     if noise is not None:
@@ -174,27 +190,46 @@ def validate_metadata(meta: Any, *, where: str = "bundle") -> None:
         k = labels["num_classes"]
         _require(isinstance(k, int) and k >= 1, where, "labels.num_classes must be an integer >= 1")
         classes = labels["classes"]
-        _require(isinstance(classes, list) and classes
-                 and all(isinstance(c, int) and 0 <= c < k for c in classes), where,
-                 f"labels.classes must be a non-empty list of integers in [0, {k})")
+        _require(
+            isinstance(classes, list)
+            and classes
+            and all(isinstance(c, int) and 0 <= c < k for c in classes),
+            where,
+            f"labels.classes must be a non-empty list of integers in [0, {k})",
+        )
     conditional = meta["model"].get("conditional")
-    _require(conditional is None or bool(conditional) == (labels is not None), where,
-             f"model.conditional is {conditional} but metadata labels is {labels!r}")
+    _require(
+        conditional is None or bool(conditional) == (labels is not None),
+        where,
+        f"model.conditional is {conditional} but metadata labels is {labels!r}",
+    )
 
     scores = meta["scores"]
     _require(isinstance(scores, dict) and scores, where, "metadata lists no scores")
     for name, spec in scores.items():
-        _require(spec.get("kind") in SCORE_KINDS, where, f"score {name!r} has unknown kind "
-                 f"{spec.get('kind')!r}; known: {SCORE_KINDS}")
+        _require(
+            spec.get("kind") in SCORE_KINDS,
+            where,
+            f"score {name!r} has unknown kind {spec.get('kind')!r}; known: {SCORE_KINDS}",
+        )
         _require(isinstance(spec.get("output"), str), where, f"score {name!r} names no output")
         if spec["kind"] == "complexity":
-            _require(spec.get("compressor") in COMPRESSORS, where,
-                     f"score {name!r}: compressor must be one of {COMPRESSORS}")
+            _require(
+                spec.get("compressor") in COMPRESSORS,
+                where,
+                f"score {name!r}: compressor must be one of {COMPRESSORS}",
+            )
         if spec["kind"] == "difference":
-            _require(isinstance(spec.get("minus_output"), str), where,
-                     f"score {name!r}: a difference needs 'minus_output'")
-        _require(spec.get("direction") == HIGHER_IS_ANOMALOUS, where,
-                 f"score {name!r}: direction must be '{HIGHER_IS_ANOMALOUS}'")
+            _require(
+                isinstance(spec.get("minus_output"), str),
+                where,
+                f"score {name!r}: a difference needs 'minus_output'",
+            )
+        _require(
+            spec.get("direction") == HIGHER_IS_ANOMALOUS,
+            where,
+            f"score {name!r}: direction must be '{HIGHER_IS_ANOMALOUS}'",
+        )
         if spec.get("probability") is not None:
             try:
                 ProbabilityMap.from_json(spec["probability"])
@@ -205,12 +240,19 @@ def validate_metadata(meta: Any, *, where: str = "bundle") -> None:
         _require(isinstance(ref, list), where, f"score {name!r}: reference must be a list")
         if ref:
             array = np.asarray(ref, dtype=np.float64)
-            _require(bool(np.all(np.isfinite(array))), where, f"score {name!r}: reference has "
-                     "non-finite values")
-            _require(bool(np.all(np.diff(array) >= 0)), where, f"score {name!r}: reference is "
-                     "not sorted")
-    _require(meta["default_score"] in scores, where,
-             f"default_score {meta['default_score']!r} is not among the scores {list(scores)}")
+            _require(
+                bool(np.all(np.isfinite(array))),
+                where,
+                f"score {name!r}: reference has non-finite values",
+            )
+            _require(
+                bool(np.all(np.diff(array) >= 0)), where, f"score {name!r}: reference is not sorted"
+            )
+    _require(
+        meta["default_score"] in scores,
+        where,
+        f"default_score {meta['default_score']!r} is not among the scores {list(scores)}",
+    )
 
     try:
         check_alpha(meta["calibration"].get("alpha"))
@@ -224,5 +266,8 @@ def validate_metadata(meta: Any, *, where: str = "bundle") -> None:
         _require(isinstance(heatmap.get("output"), str), where, "heatmap names no output")
         for key in ("mean", "std"):
             values = heatmap.get(key)
-            _require(values is None or len(values) == size, where,
-                     f"heatmap {key} must hold channels*height*width = {size} values")
+            _require(
+                values is None or len(values) == size,
+                where,
+                f"heatmap {key} must hold channels*height*width = {size} values",
+            )

@@ -1,4 +1,5 @@
-"""Conformal calibration: raw scores in, p-values and decisions out. Arrays only, no images, no ONNX.
+"""Conformal calibration: raw scores in, p-values and decisions out. Arrays only: no images, no
+ONNX.
 
 Identities (tested): higher raw score = more anomalous; p-values lie in (0, 1];
 `is_anomaly == (p_value <= alpha)`; on exchangeable normal data P(p_value <= alpha) <= alpha.

@@ -1,14 +1,18 @@
 """Image data sources named by one spec string, loaded as uint8 (N, C, H, W) with optional labels.
 
     digits, digits:train, digits:test   scikit-learn's bundled 8x8 digits, 0..255, a fixed split
-    idx:PATH                            an IDX images file (MNIST format, gzipped or not); its labels
-                                        file beside it is found by name (images -> labels, idx3 -> idx1)
-    folder:DIR                          PNG, JPEG, BMP, TIFF files under DIR (recursive); when every file
+    idx:PATH                            an IDX images file (MNIST format, gzipped or not); its
+                                        labels file beside it is found by name (images -> labels,
+                                        idx3 -> idx1)
+    folder:DIR                          PNG, JPEG, BMP, TIFF files under DIR (recursive); when every
+                                        file
                                         sits in a sub-folder named by an integer, that is its label
-    npy:FILE                            an array (N, H, W), (N, C, H, W) or (N, H, W, C); labels from
+    npy:FILE                            an array (N, H, W), (N, C, H, W) or (N, H, W, C); labels
+                                        from
                                         FILE's sibling `<stem>_labels.npy` when present
 
-These live in `detectors` rather than `training` because scoring jobs and `normalcy calibrate` read the
+These live in `detectors` rather than `training` because scoring jobs and `normalcy calibrate` read
+the
 same sources in an install without PyTorch.
 """
 
@@ -59,8 +63,10 @@ class ImageSet:
             raise InputError(msg)
         keep = np.isin(self.labels, list(classes))
         if not keep.any():
-            msg = f"{self.source}: no images of classes {sorted(classes)}; labels present: " \
-                  f"{sorted(set(self.labels.tolist()))}"
+            msg = (
+                f"{self.source}: no images of classes {sorted(classes)}; labels present: "
+                f"{sorted(set(self.labels.tolist()))}"
+            )
             raise InputError(msg)
         return self.select(keep)
 
@@ -107,8 +113,9 @@ def load_digits(split: str = "all") -> ImageSet:
     labels = digits.target.astype(np.int64)
     if split != "all":
         index = np.arange(len(images))
-        train, test = train_test_split(index, test_size=DIGITS_TEST_FRACTION, random_state=0,
-                                       stratify=labels)
+        train, test = train_test_split(
+            index, test_size=DIGITS_TEST_FRACTION, random_state=0, stratify=labels
+        )
         chosen = np.sort(train if split == "train" else test)
         images, labels = images[chosen], labels[chosen]
     return ImageSet(images, labels, f"digits:{split}")
@@ -138,18 +145,23 @@ def read_idx(path: str | Path) -> np.ndarray:
         msg = f"{path}: not an IDX file (bad magic {data[:4].hex() or 'empty'}; expected 000008NN)"
         raise InputError(msg)
     if data[2] != 0x08:
-        msg = f"{path}: IDX data type 0x{data[2]:02x} is not supported; expected unsigned bytes (0x08)"
+        msg = (
+            f"{path}: IDX data type 0x{data[2]:02x} is not supported; "
+            "expected unsigned bytes (0x08)"
+        )
         raise InputError(msg)
     ndim = data[3]
     header = 4 + 4 * ndim
     if ndim == 0 or len(data) < header:
         msg = f"{path}: truncated IDX header (expected {ndim} dimension sizes)"
         raise InputError(msg)
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = int(np.prod(shape))
     if len(data) - header != expected:
-        msg = (f"{path}: truncated or oversized IDX file: shape {shape} needs {expected} bytes "
-               f"of data, found {len(data) - header}")
+        msg = (
+            f"{path}: truncated or oversized IDX file: shape {shape} needs {expected} bytes "
+            f"of data, found {len(data) - header}"
+        )
         raise InputError(msg)
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
@@ -193,7 +205,9 @@ def image_files(directory: str | Path) -> list[Path]:
     if not directory.is_dir():
         msg = f"{directory}: not a directory"
         raise InputError(msg)
-    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
 
 
 def load_folder(directory: str | Path) -> ImageSet:
@@ -209,10 +223,14 @@ def load_folder(directory: str | Path) -> ImageSet:
     arrays = []
     for f, image in zip(files, decoded, strict=True):
         if image.size != (width, height):
-            msg = (f"{f}: size {image.size[0]}x{image.size[1]} differs from {width}x{height} "
-                   f"of {files[0]}; a folder data set needs images of one size")
+            msg = (
+                f"{f}: size {image.size[0]}x{image.size[1]} differs from {width}x{height} "
+                f"of {files[0]}; a folder data set needs images of one size"
+            )
             raise InputError(msg)
-        arrays.append(pil_to_array(image, channels=channels, height=height, width=width, name=str(f)))
+        arrays.append(
+            pil_to_array(image, channels=channels, height=height, width=width, name=str(f))
+        )
     parents = [f.parent.relative_to(directory).parts for f in files]
     labels = None
     if all(len(p) == 1 and p[0].lstrip("-").isdigit() for p in parents):
@@ -233,12 +251,15 @@ def load_npy(path: str | Path) -> ImageSet:
     elif array.ndim == 4 and array.shape[1] not in (1, 3) and array.shape[-1] in (1, 3):
         array = np.moveaxis(array, -1, 1)
     if array.ndim != 4 or array.shape[1] not in (1, 3):
-        msg = f"{path}: expected images (N, H, W), (N, C, H, W) or (N, H, W, C) with C 1 or 3, " \
-              f"got {array.shape}"
+        msg = (
+            f"{path}: expected images (N, H, W), (N, C, H, W) or (N, H, W, C) with C 1 or 3, "
+            f"got {array.shape}"
+        )
         raise InputError(msg)
     try:
-        images = as_uint8_batch(array, channels=array.shape[1], height=array.shape[2],
-                                width=array.shape[3])
+        images = as_uint8_batch(
+            array, channels=array.shape[1], height=array.shape[2], width=array.shape[3]
+        )
     except InputError as error:
         msg = f"{path}: {error}"
         raise InputError(msg) from None

@@ -39,19 +39,25 @@ class Detector:
 
     def __init__(self, bundle: Bundle, *, device: str = "auto", threads: int | None = None):
         if not bundle.is_calibrated():
-            msg = (f"{bundle.path or 'bundle'} has no calibration reference; "
-                   "run `normalcy calibrate` on held-out normal data first")
+            msg = (
+                f"{bundle.path or 'bundle'} has no calibration reference; "
+                "run `normalcy calibrate` on held-out normal data first"
+            )
             raise BundleError(msg)
         self.bundle = bundle
         self.session = OnnxSession(bundle, device=device, threads=threads)
         self._references = {name: bundle.reference(name) for name in bundle.score_names()}
         # Maps from raw score to P(anomaly), fitted on labelled anomalies by `normalcy calibrate`.
-        self._probability = {name: ProbabilityMap.from_json(spec["probability"])
-                             for name, spec in bundle.metadata["scores"].items()
-                             if spec.get("probability")}
+        self._probability = {
+            name: ProbabilityMap.from_json(spec["probability"])
+            for name, spec in bundle.metadata["scores"].items()
+            if spec.get("probability")
+        }
         heat = bundle.metadata.get("heatmap") or {}
         shape = (1, *self.input_shape)
-        self._heat_mean = np.asarray(heat["mean"], np.float64).reshape(shape) if heat.get("mean") else None
+        self._heat_mean = (
+            np.asarray(heat["mean"], np.float64).reshape(shape) if heat.get("mean") else None
+        )
         std = np.asarray(heat["std"], np.float64).reshape(shape) if heat.get("std") else None
         self._heat_std = None if std is None else np.maximum(std, 1e-3)
 
@@ -129,8 +135,9 @@ class Detector:
         otherwise; InputError when missing, unexpected or not among the bundle's classes."""
         return check_labels(labels, n_images, label_spec(self.metadata))
 
-    def raw_scores(self, images, scores: list[str] | None = None, *,
-                   labels=None) -> dict[str, np.ndarray]:
+    def raw_scores(
+        self, images, scores: list[str] | None = None, *, labels=None
+    ) -> dict[str, np.ndarray]:
         """Raw scores (B,) for the named scores (all the bundle offers by default)."""
         names = [self._score_name(name) for name in (scores or self.score_names)]
         batch = self.check_images(images)
@@ -138,8 +145,15 @@ class Detector:
         values, _ = self.session.raw_scores(batch, names, labels=labels)
         return values
 
-    def score(self, images, *, labels=None, score: str | None = None, alpha: float | None = None,
-              heatmap: bool = False) -> ScoreResult:
+    def score(
+        self,
+        images,
+        *,
+        labels=None,
+        score: str | None = None,
+        alpha: float | None = None,
+        heatmap: bool = False,
+    ) -> ScoreResult:
         """Score a batch of images: raw score, p-value and decision for each. A conditional bundle
         needs `labels`, one class per image: the question becomes "normal for its class?"."""
         name = self._score_name(score)

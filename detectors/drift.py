@@ -50,8 +50,9 @@ class DriftMonitor:
     """A thread-safe sliding window of the last `window` p-values and its KS statistic; pass the
     reference's size so the KS p-value accounts for it (see ks_uniform)."""
 
-    def __init__(self, window: int = 1000, min_samples: int = 50, *,
-                 reference_size: int | None = None):
+    def __init__(
+        self, window: int = 1000, min_samples: int = 50, *, reference_size: int | None = None
+    ):
         if window < 1 or min_samples < 1:
             msg = "window and min_samples must be >= 1"
             raise ValueError(msg)

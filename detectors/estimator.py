@@ -96,8 +96,14 @@ class LabelledThresholdDetector(_ThresholdDetector):
     probability_map_ (ProbabilityMap or None).
     """
 
-    def __init__(self, *, rule: str = "f1", target: float | None = None,
-                 probability: str | None = "isotonic", anomaly_rate: float | None = None):
+    def __init__(
+        self,
+        *,
+        rule: str = "f1",
+        target: float | None = None,
+        probability: str | None = "isotonic",
+        anomaly_rate: float | None = None,
+    ):
         self.rule = rule
         self.target = target
         self.probability = probability
@@ -110,12 +116,18 @@ class LabelledThresholdDetector(_ThresholdDetector):
             msg = f"y must hold one 0 (normal) or 1 (anomaly) per score; got shape {labels.shape}"
             raise InputError(msg)
         normal, anomalous = scores[labels == 0], scores[labels == 1]
-        self.choice_: ThresholdChoice = choose_threshold(normal, anomalous, rule=self.rule,
-                                                         target=self.target)
+        self.choice_: ThresholdChoice = choose_threshold(
+            normal, anomalous, rule=self.rule, target=self.target
+        )
         self.threshold_ = self.choice_.threshold
         self.offset_ = -self.threshold_
-        self.probability_map_ = None if self.probability is None else fit_probability_map(
-            normal, anomalous, method=self.probability, anomaly_rate=self.anomaly_rate)
+        self.probability_map_ = (
+            None
+            if self.probability is None
+            else fit_probability_map(
+                normal, anomalous, method=self.probability, anomaly_rate=self.anomaly_rate
+            )
+        )
         return self
 
     def predict_proba(self, X) -> np.ndarray:
@@ -131,8 +143,9 @@ class LabelledThresholdDetector(_ThresholdDetector):
         """The alpha whose conformal rule `p <= alpha` flags the same scores as `s > threshold_`
         against this reference (up to the reference's grid)."""
         check_is_fitted(self)
-        return alpha_for_threshold(reference_from_scores(as_scores(reference_scores)),
-                                   self.threshold_)
+        return alpha_for_threshold(
+            reference_from_scores(as_scores(reference_scores)), self.threshold_
+        )
 
 
 __all__ = ["ConformalDetector", "LabelledThresholdDetector", "ProbabilityMap", "as_scores"]

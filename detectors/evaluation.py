@@ -21,27 +21,42 @@ def detection_metrics(normal_scores: np.ndarray, anomalous_scores: np.ndarray) -
     }
 
 
-def evaluate(detector: Detector, normal: np.ndarray, anomalous: np.ndarray | None = None, *,
-             alpha: float | None = None, batch_size: int = 256, normal_labels=None,
-             anomalous_labels=None) -> dict:
+def evaluate(
+    detector: Detector,
+    normal: np.ndarray,
+    anomalous: np.ndarray | None = None,
+    *,
+    alpha: float | None = None,
+    batch_size: int = 256,
+    normal_labels=None,
+    anomalous_labels=None,
+) -> dict:
     """Every score of `detector` on normal (and anomalous) images, with the rate flagged at alpha.
     A conditional detector needs the labels of both sets."""
     alpha = detector.default_alpha if alpha is None else alpha
     normal = detector.check_images(normal)
-    normal_scores, _ = score_all(detector.session, normal, batch_size=batch_size,
-                                 labels=detector.check_labels(normal_labels, len(normal)))
+    normal_scores, _ = score_all(
+        detector.session,
+        normal,
+        batch_size=batch_size,
+        labels=detector.check_labels(normal_labels, len(normal)),
+    )
     anomalous_scores = None
     if anomalous is not None and len(anomalous):
         anomalous = detector.check_images(anomalous)
         labels = detector.check_labels(anomalous_labels, len(anomalous))
-        anomalous_scores, _ = score_all(detector.session, anomalous, batch_size=batch_size,
-                                        labels=labels)
+        anomalous_scores, _ = score_all(
+            detector.session, anomalous, batch_size=batch_size, labels=labels
+        )
     likelihood = "nll" if detector.kind == "pixelcnn" else "iwae"
     rows = []
     for name in detector.score_names:
         threshold = detector.threshold(name, alpha)
-        row = {"score": name, "default": name == detector.default_score,
-               "fpr_at_alpha": float(np.mean(normal_scores[name] > threshold))}
+        row = {
+            "score": name,
+            "default": name == detector.default_score,
+            "fpr_at_alpha": float(np.mean(normal_scores[name] > threshold)),
+        }
         if anomalous_scores is not None:
             row["tpr_at_alpha"] = float(np.mean(anomalous_scores[name] > threshold))
             row.update(detection_metrics(normal_scores[name], anomalous_scores[name]))
@@ -59,17 +74,22 @@ def format_table(report: dict) -> str:
     """A plain-text table of an `evaluate` report."""
     columns = ["score", "auroc", "auprc", "fpr_at_95_tpr", "fpr_at_alpha", "tpr_at_alpha"]
     present = [c for c in columns if any(c in row for row in report["rows"])]
-    lines = [f"normal bits/dim {report['normal_bits_per_dim']:.3f} "
-             f"(n_normal={report['n_normal']}, n_anomalous={report['n_anomalous']}, "
-             f"alpha={report['alpha']})"]
+    lines = [
+        f"normal bits/dim {report['normal_bits_per_dim']:.3f} "
+        f"(n_normal={report['n_normal']}, n_anomalous={report['n_anomalous']}, "
+        f"alpha={report['alpha']})"
+    ]
     widths = [max(len(c), 18 if c == "score" else 8) for c in present]
     lines.append("  ".join(c.ljust(w) for c, w in zip(present, widths, strict=True)))
     for row in report["rows"]:
         cells = []
         for c, w in zip(present, widths, strict=True):
             value = row.get(c, "")
-            text = (value + (" *" if row["default"] else "")) if c == "score" else (
-                f"{value:.3f}" if isinstance(value, float) else str(value))
+            text = (
+                (value + (" *" if row["default"] else ""))
+                if c == "score"
+                else (f"{value:.3f}" if isinstance(value, float) else str(value))
+            )
             cells.append(text.ljust(w))
         lines.append("  ".join(cells))
     lines.append("* default score")

@@ -22,9 +22,14 @@ from .runtime import OnnxSession
 from .supervised import choose_threshold, fit_probability_map
 
 
-def score_all(session: OnnxSession, images: np.ndarray, *, batch_size: int = 256,
-              with_map: bool = False,
-              labels=None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+def score_all(
+    session: OnnxSession,
+    images: np.ndarray,
+    *,
+    batch_size: int = 256,
+    with_map: bool = False,
+    labels=None,
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Every score the bundle offers for `images` (with their `labels` for a conditional bundle),
     in batches; optionally the maps' sum and sum of squares per pixel (for heat-map statistics),
     stacked as (2, C, H, W)."""
@@ -32,8 +37,8 @@ def score_all(session: OnnxSession, images: np.ndarray, *, batch_size: int = 256
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
     moments = None
     for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        batch_labels = None if labels is None else labels[start:start + batch_size]
+        batch = images[start : start + batch_size]
+        batch_labels = None if labels is None else labels[start : start + batch_size]
         values, bits_map = session.raw_scores(batch, names, with_map=with_map, labels=batch_labels)
         for name in names:
             parts[name].append(values[name])
@@ -43,26 +48,45 @@ def score_all(session: OnnxSession, images: np.ndarray, *, batch_size: int = 256
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}, moments
 
 
-def calibrated_metadata(bundle: Bundle, images, *, labels=None, alpha: float | None = None,
-                        source: str | None = None, batch_size: int = 256,
-                        device: str = "auto") -> dict:
+def calibrated_metadata(
+    bundle: Bundle,
+    images,
+    *,
+    labels=None,
+    alpha: float | None = None,
+    source: str | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+) -> dict:
     """Metadata with references recomputed on `images` (normal, never seen in training). A
     conditional bundle needs their true `labels`: the reference is then the scores of normal images
     given their own class, pooled over classes."""
-    meta, _ = recalibrate(bundle, images, labels=labels, alpha=alpha, source=source,
-                          batch_size=batch_size, device=device)
+    meta, _ = recalibrate(
+        bundle,
+        images,
+        labels=labels,
+        alpha=alpha,
+        source=source,
+        batch_size=batch_size,
+        device=device,
+    )
     return meta
 
 
 def map_moments(bits_map: np.ndarray) -> np.ndarray:
     """Per-pixel sum and sum of squares of maps (B, C, H, W), stacked as (2, C, H, W)."""
     bits_map = np.asarray(bits_map, dtype=np.float64)
-    return np.stack([bits_map.sum(0), (bits_map ** 2).sum(0)])
+    return np.stack([bits_map.sum(0), (bits_map**2).sum(0)])
 
 
-def metadata_with_reference(metadata: dict, scores: dict[str, np.ndarray], *,
-                            moments: np.ndarray | None = None, alpha: float | None = None,
-                            source: str | None = None) -> dict:
+def metadata_with_reference(
+    metadata: dict,
+    scores: dict[str, np.ndarray],
+    *,
+    moments: np.ndarray | None = None,
+    alpha: float | None = None,
+    source: str | None = None,
+) -> dict:
     """A copy of `metadata` whose references are the given scores of held-out normal images (one
     array per score the bundle offers) and whose heat-map statistics come from `moments` (the
     maps' per-pixel sum and sum of squares over the same images). Arrays in, JSON out."""
@@ -84,7 +108,7 @@ def metadata_with_reference(metadata: dict, scores: dict[str, np.ndarray], *,
             raise InputError(msg) from None
     if moments is not None and meta.get("heatmap"):
         mean = moments[0] / n
-        std = np.sqrt(np.maximum(moments[1] / n - mean ** 2, 0.0))
+        std = np.sqrt(np.maximum(moments[1] / n - mean**2, 0.0))
         meta["heatmap"]["mean"] = mean.ravel().round(5).tolist()
         meta["heatmap"]["std"] = std.ravel().round(5).tolist()
     calibration = meta["calibration"]
@@ -95,13 +119,24 @@ def metadata_with_reference(metadata: dict, scores: dict[str, np.ndarray], *,
     return meta
 
 
-def recalibrate(bundle: Bundle, normal, *, labels=None, anomalous_labels=None,
-                alpha: float | None = None, anomalous=None,
-                rule: str | None = None, target: float | None = None,
-                probability: str | None = "isotonic", anomaly_rate: float | None = None,
-                score: str | None = None, source: str | None = None,
-                anomalous_source: str | None = None, batch_size: int = 256,
-                device: str = "auto") -> tuple[dict, dict]:
+def recalibrate(
+    bundle: Bundle,
+    normal,
+    *,
+    labels=None,
+    anomalous_labels=None,
+    alpha: float | None = None,
+    anomalous=None,
+    rule: str | None = None,
+    target: float | None = None,
+    probability: str | None = "isotonic",
+    anomaly_rate: float | None = None,
+    score: str | None = None,
+    source: str | None = None,
+    anomalous_source: str | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+) -> tuple[dict, dict]:
     """New metadata for `bundle` (the graph is untouched) and a summary of what changed.
 
     The references are recomputed on `normal`, held-out normal images. With `anomalous` images:
@@ -132,37 +167,48 @@ def recalibrate(bundle: Bundle, normal, *, labels=None, anomalous_labels=None,
         anomalous_labels = check_labels(anomalous_labels, len(anomalous), label_input)
     session = OnnxSession(bundle, device=device)
     has_map = bool(bundle.metadata.get("heatmap"))
-    normal_scores, moments = score_all(session, normal, batch_size=batch_size, with_map=has_map,
-                                       labels=labels)
-    meta = metadata_with_reference(bundle.metadata, normal_scores, moments=moments, alpha=alpha,
-                                   source=source)
+    normal_scores, moments = score_all(
+        session, normal, batch_size=batch_size, with_map=has_map, labels=labels
+    )
+    meta = metadata_with_reference(
+        bundle.metadata, normal_scores, moments=moments, alpha=alpha, source=source
+    )
     calibration = meta["calibration"]
     calibration.pop("choice", None)
     for score_spec in meta["scores"].values():
         score_spec.pop("probability", None)
     summary: dict = {"n_reference": len(normal), "choice": None, "probability": None}
     if anomalous is not None:
-        anomalous_scores, _ = score_all(session, anomalous, batch_size=batch_size,
-                                        labels=anomalous_labels)
+        anomalous_scores, _ = score_all(
+            session, anomalous, batch_size=batch_size, labels=anomalous_labels
+        )
         if rule is not None:
-            choice = choose_threshold(normal_scores[score], anomalous_scores[score], rule=rule,
-                                      target=target)
+            choice = choose_threshold(
+                normal_scores[score], anomalous_scores[score], rule=rule, target=target
+            )
             reference = np.asarray(meta["scores"][score]["reference"])
             calibration["alpha"] = alpha_for_threshold(reference, choice.threshold)
             calibration["choice"] = {
-                "score": score, **choice.to_json(), "alpha": calibration["alpha"],
-                "normal_data": source, "anomalous_data": anomalous_source,
+                "score": score,
+                **choice.to_json(),
+                "alpha": calibration["alpha"],
+                "normal_data": source,
+                "anomalous_data": anomalous_source,
                 "note": "rates measured on the calibration images themselves (in-sample)",
             }
             summary["choice"] = calibration["choice"]
         if probability is not None:
             for name in meta["scores"]:
                 meta["scores"][name]["probability"] = fit_probability_map(
-                    normal_scores[name], anomalous_scores[name], method=probability,
-                    anomaly_rate=anomaly_rate).to_json()
+                    normal_scores[name],
+                    anomalous_scores[name],
+                    method=probability,
+                    anomaly_rate=anomaly_rate,
+                ).to_json()
             summary["probability"] = probability
     summary["alpha"] = calibration["alpha"]
     summary["thresholds"] = {
         name: conformal_threshold(np.asarray(s["reference"]), calibration["alpha"])
-        for name, s in meta["scores"].items()}
+        for name, s in meta["scores"].items()
+    }
     return meta, summary

@@ -15,7 +15,9 @@ DEFAULT_MAX_PIXELS = 16_000_000
 _MODES = {1: "L", 3: "RGB"}
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image") -> Image.Image:
+def decode_image(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image"
+) -> Image.Image:
     """Decode an encoded image (PNG, JPEG, BMP, TIFF, ...) fully, or raise InputError."""
     if not data:
         msg = f"{name}: empty file, expected an encoded image"
@@ -26,7 +28,10 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
-                msg = f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
+                msg = (
+                    f"{name}: {width}x{height} = {width * height} pixels "
+                    f"exceeds the limit of {max_pixels}"
+                )
                 raise InputError(msg)
             image.load()
     except InputError:
@@ -40,8 +45,16 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str
     return image
 
 
-def pil_to_array(image: Image.Image, *, channels: int, height: int, width: int,
-                 resize: bool = True, convert: bool = True, name: str = "image") -> np.ndarray:
+def pil_to_array(
+    image: Image.Image,
+    *,
+    channels: int,
+    height: int,
+    width: int,
+    resize: bool = True,
+    convert: bool = True,
+    name: str = "image",
+) -> np.ndarray:
     """Convert a PIL image to uint8 (C, H, W) in the bundle's colour mode and size."""
     mode = _MODES[channels]
     if image.mode != mode:
@@ -60,7 +73,9 @@ def pil_to_array(image: Image.Image, *, channels: int, height: int, width: int,
             raise InputError(msg) from None
     if image.size != (width, height):
         if not resize:
-            msg = f"{name}: size {image.size[0]}x{image.size[1]} but the model takes {width}x{height}"
+            msg = (
+                f"{name}: size {image.size[0]}x{image.size[1]} but the model takes {width}x{height}"
+            )
             raise InputError(msg)
         image = image.resize((width, height), Image.Resampling.BILINEAR)
     array = np.asarray(image, dtype=np.uint8)

@@ -35,8 +35,9 @@ def check_labels(labels, n_images: int, spec: dict | None) -> np.ndarray | None:
     array = np.asarray(labels)
     if array.ndim == 0:
         array = array.reshape(1)
-    if array.dtype == object or not (np.issubdtype(array.dtype, np.integer)
-                                     or np.issubdtype(array.dtype, np.floating)):
+    if array.dtype == object or not (
+        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    ):
         msg = f"labels must be whole numbers, got dtype {array.dtype}"
         raise InputError(msg)
     if array.ndim != 1 or len(array) != n_images:

@@ -1,6 +1,7 @@
 """Read and rewrite an ONNX file's `metadata_props` without the `onnx` package.
 
-The serving install carries onnxruntime but not onnx, yet `normalcy calibrate` must rewrite a bundle's
+The serving install carries onnxruntime but not onnx, yet `normalcy calibrate` must rewrite a
+bundle's
 metadata in place. ModelProto is a protobuf message; `metadata_props` is its repeated field 14 of
 StringStringEntryProto (key = 1, value = 2). We walk the top-level fields on the wire, keep every
 other field byte for byte, and replace only field 14.
@@ -99,6 +100,8 @@ def with_metadata_props(data: bytes, props: dict[str, str]) -> bytes:
         if number != _METADATA_FIELD:
             kept += data[start:end]
     for key, value in props.items():
-        entry = _length_delimited(1, key.encode("utf-8")) + _length_delimited(2, value.encode("utf-8"))
+        entry = _length_delimited(1, key.encode("utf-8")) + _length_delimited(
+            2, value.encode("utf-8")
+        )
         kept += _length_delimited(_METADATA_FIELD, entry)
     return bytes(kept)

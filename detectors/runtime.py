@@ -30,7 +30,10 @@ def choose_providers(device: str = "auto") -> list[str]:
         raise ValueError(msg)
     cuda_built = "CUDAExecutionProvider" in ort.get_available_providers()
     if device == "cuda" and not cuda_built:
-        msg = "device 'cuda' asked for, but this onnxruntime has no CUDA provider (install normalcy[gpu])"
+        msg = (
+            "device 'cuda' asked for, but this onnxruntime has no CUDA provider "
+            "(install normalcy[gpu])"
+        )
         raise ValueError(msg)
     if device == "cuda" or (device == "auto" and cuda_built and gpu_present()):
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -72,14 +75,22 @@ class OnnxSession:
             raise BundleError(msg)
         expected = [spec["channels"], spec["height"], spec["width"]]
         if len(image.shape) != 4 or list(image.shape[1:]) != expected:
-            msg = f"{where}: graph input shape {image.shape} disagrees with metadata (B, {expected})"
+            msg = (
+                f"{where}: graph input shape {image.shape} disagrees with metadata (B, {expected})"
+            )
             raise BundleError(msg)
         noise = meta.get("noise")
         labels = label_spec(meta)
-        wanted_inputs = ({spec["name"]} | ({noise["input"]} if noise else set())
-                         | ({labels["input"]} if labels else set()))
+        wanted_inputs = (
+            {spec["name"]}
+            | ({noise["input"]} if noise else set())
+            | ({labels["input"]} if labels else set())
+        )
         if set(inputs) != wanted_inputs:
-            msg = f"{where}: graph inputs {sorted(inputs)} disagree with metadata {sorted(wanted_inputs)}"
+            msg = (
+                f"{where}: graph inputs {sorted(inputs)} disagree with metadata "
+                f"{sorted(wanted_inputs)}"
+            )
             raise BundleError(msg)
         if labels and inputs[labels["input"]].type != "tensor(int64)":
             found = inputs[labels["input"]].type
@@ -111,8 +122,9 @@ class OnnxSession:
         values = self.session.run(outputs, feeds)
         return dict(zip(outputs, values, strict=True))
 
-    def raw_scores(self, images: np.ndarray, names: list[str], *, with_map: bool = False,
-                   labels=None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    def raw_scores(
+        self, images: np.ndarray, names: list[str], *, with_map: bool = False, labels=None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         """Raw scores (B,) for each named score, and the per-pixel map (B, C, H, W) if asked."""
         specs = self.bundle.metadata["scores"]
         needed = [out for name in names for out in outputs_of(specs[name])]
@@ -139,9 +151,14 @@ def outputs_of(spec: dict) -> list[str]:
     return [spec["output"]] + ([spec["minus_output"]] if spec["kind"] == "difference" else [])
 
 
-def scores_from_outputs(specs: dict, names: list[str], outputs: dict[str, np.ndarray], *,
-                        images: np.ndarray | None = None,
-                        code_lengths: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def scores_from_outputs(
+    specs: dict,
+    names: list[str],
+    outputs: dict[str, np.ndarray],
+    *,
+    images: np.ndarray | None = None,
+    code_lengths: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
     """Raw scores (B,) from graph outputs: an output as is, minus a compressor's code length, or
     minus another output. Code lengths in bits/dim come from `code_lengths[compressor]` when
     given (computed once, reused across models), else from `images`."""

@@ -54,8 +54,12 @@ def _rates(y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, float]:
     recall = tp / max(1.0, float(np.sum(y == 1)))
     precision = tp / (tp + fp) if tp + fp else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"fpr": fp / max(1.0, float(np.sum(y == 0))), "recall": recall, "precision": precision,
-            "f1": f1}
+    return {
+        "fpr": fp / max(1.0, float(np.sum(y == 0))),
+        "recall": recall,
+        "precision": precision,
+        "f1": f1,
+    }
 
 
 def _strictly_below(s: np.ndarray, at_least: float) -> float:
@@ -69,8 +73,9 @@ def _strictly_below(s: np.ndarray, at_least: float) -> float:
     return float((lower.max() + at_least) / 2)
 
 
-def choose_threshold(normal_scores, anomalous_scores, *, rule: str = "f1",
-                     target: float | None = None) -> ThresholdChoice:
+def choose_threshold(
+    normal_scores, anomalous_scores, *, rule: str = "f1", target: float | None = None
+) -> ThresholdChoice:
     """Choose `score > threshold` with scikit-learn's curves.
 
     fpr     the highest recall whose false-positive rate is <= target (ROC curve)
@@ -110,16 +115,25 @@ def choose_threshold(normal_scores, anomalous_scores, *, rule: str = "f1",
     rates = _rates(y, s, threshold)
     n_normal, n_anomalous = int(np.sum(y == 0)), int(np.sum(y == 1))
     sizes = f"{n_normal} normal and {n_anomalous} anomalous scores"
-    achieved = (f"false-positive rate {rates['fpr']:.4f}, recall {rates['recall']:.4f}, "
-                f"precision {rates['precision']:.4f}, F1 {rates['f1']:.4f}")
+    achieved = (
+        f"false-positive rate {rates['fpr']:.4f}, recall {rates['recall']:.4f}, "
+        f"precision {rates['precision']:.4f}, F1 {rates['f1']:.4f}"
+    )
     reason = {
         "fpr": f"highest recall with a false-positive rate <= {target} on {sizes} (ROC curve)",
         "recall": f"lowest false-positive rate with recall >= {target} on {sizes} (ROC curve)",
         "f1": f"highest F1 on {sizes} (precision-recall curve; F1 depends on the share of "
-              "anomalies in the labelled data)",
+        "anomalies in the labelled data)",
     }[rule] + f": {achieved}"
-    return ThresholdChoice(rule, None if target is None else float(target), threshold, **rates,
-                           n_normal=n_normal, n_anomalous=n_anomalous, reason=reason)
+    return ThresholdChoice(
+        rule,
+        None if target is None else float(target),
+        threshold,
+        **rates,
+        n_normal=n_normal,
+        n_anomalous=n_anomalous,
+        reason=reason,
+    )
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -166,8 +180,14 @@ class ProbabilityMap:
     def from_json(cls, data) -> ProbabilityMap:
         """Rebuild from `to_json`; InputError when anything is missing or inconsistent."""
         try:
-            made = cls(str(data["method"]), dict(data["params"]), float(data["fitted_rate"]),
-                       float(data["anomaly_rate"]), int(data["n_normal"]), int(data["n_anomalous"]))
+            made = cls(
+                str(data["method"]),
+                dict(data["params"]),
+                float(data["fitted_rate"]),
+                float(data["anomaly_rate"]),
+                int(data["n_normal"]),
+                int(data["n_anomalous"]),
+            )
         except (KeyError, TypeError, ValueError) as error:
             msg = f"probability map is malformed ({type(error).__name__}: {error})"
             raise InputError(msg) from None
@@ -199,8 +219,9 @@ class ProbabilityMap:
                 fail("logistic coef and intercept must be finite numbers")
 
 
-def fit_probability_map(normal_scores, anomalous_scores, *, method: str = "isotonic",
-                        anomaly_rate: float | None = None) -> ProbabilityMap:
+def fit_probability_map(
+    normal_scores, anomalous_scores, *, method: str = "isotonic", anomaly_rate: float | None = None
+) -> ProbabilityMap:
     """Fit P(anomaly | score) by isotonic or logistic regression on labelled raw scores."""
     from sklearn.isotonic import IsotonicRegression
     from sklearn.linear_model import LogisticRegression
@@ -224,7 +245,13 @@ def fit_probability_map(normal_scores, anomalous_scores, *, method: str = "isoto
         model = LogisticRegression(C=100.0).fit(((s - centre) / scale)[:, None], y)
         coef = float(model.coef_[0, 0]) / scale
         params = {"coef": coef, "intercept": float(model.intercept_[0]) - coef * centre}
-    made = ProbabilityMap(method, params, fitted_rate, rate, n_normal=int(np.sum(y == 0)),
-                          n_anomalous=int(np.sum(y == 1)))
+    made = ProbabilityMap(
+        method,
+        params,
+        fitted_rate,
+        rate,
+        n_normal=int(np.sum(y == 0)),
+        n_anomalous=int(np.sum(y == 1)),
+    )
     made._validate()
     return made

@@ -109,8 +109,12 @@ def score_options(query: QueryParams) -> dict:
         except ValueError:
             msg = f"labels must be comma-separated whole numbers, got {query['labels']!r}"
             raise ApiError(400, "invalid_labels", msg) from None
-    return {"score": query.get("score"), "alpha": alpha, "heatmap": heatmap in _TRUE,
-            "labels": labels}
+    return {
+        "score": query.get("score"),
+        "alpha": alpha,
+        "heatmap": heatmap in _TRUE,
+        "labels": labels,
+    }
 
 
 @router.get("/models", response_model=ModelList)
@@ -226,8 +230,9 @@ def _round(values: np.ndarray) -> list:
     return np.round(values.astype(np.float64), 4).tolist()
 
 
-def score_answer(model: ModelEntry, result: ScoreResult, names: list[str | None],
-                 labels: list | None = None) -> dict:
+def score_answer(
+    model: ModelEntry, result: ScoreResult, names: list[str | None], labels: list | None = None
+) -> dict:
     threshold = float(result.threshold) if np.isfinite(result.threshold) else None
     per_image = []
     for i, (score, p_value, flagged) in enumerate(

@@ -234,8 +234,10 @@ def parse_request(
     else:
         by_name = {t.get("name"): t for t in tensors if isinstance(t, dict)}
         if len(tensors) != 2 or set(by_name) != {name, label_spec["input"]}:
-            _fail(f"this class-conditional model takes two input tensors, {name!r} and "
-                  f"{label_spec['input']!r} (one class per image)")
+            _fail(
+                f"this class-conditional model takes two input tensors, {name!r} and "
+                f"{label_spec['input']!r} (one class per image)"
+            )
         images = _input_tensor(by_name[name], binary, model, max_images)
         labels = _labels_tensor(by_name[label_spec["input"]], len(images))
 

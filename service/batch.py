@@ -62,8 +62,13 @@ class ScoreJob:
     progress: bool = True
 
 
-def score_batch(detector: Detector, batch: dict[str, np.ndarray], score: str | None = None, *,
-                pad_to: int | None = None) -> dict[str, np.ndarray]:
+def score_batch(
+    detector: Detector,
+    batch: dict[str, np.ndarray],
+    score: str | None = None,
+    *,
+    pad_to: int | None = None,
+) -> dict[str, np.ndarray]:
     """The one scoring function of both engines: {input, index, image, error[, label]} -> {input,
     index, score, p_value, error}. Rows with an error are not scored; their score and p_value are
     NaN. A conditional bundle's batches carry each image's class in "label".
@@ -83,8 +88,9 @@ def score_batch(detector: Detector, batch: dict[str, np.ndarray], score: str | N
         if pad_to and n_ok < pad_to:
             valid = np.concatenate([valid, np.zeros((pad_to - n_ok, *valid.shape[1:]), np.uint8)])
             if valid_labels is not None:  # blanks get a real row's label: they are dropped anyway
-                valid_labels = np.concatenate([valid_labels,
-                                               np.full(pad_to - n_ok, valid_labels[0])])
+                valid_labels = np.concatenate(
+                    [valid_labels, np.full(pad_to - n_ok, valid_labels[0])]
+                )
         try:
             result = detector.score(valid, labels=valid_labels, score=score)
             scores[ok], p_values[ok] = result.scores[:n_ok], result.p_values[:n_ok]
@@ -93,13 +99,18 @@ def score_batch(detector: Detector, batch: dict[str, np.ndarray], score: str | N
             # must not cost the batch.
             for i in np.flatnonzero(ok):
                 try:
-                    one_label = None if labels is None else labels[i:i + 1]
-                    result = detector.score(images[i:i + 1], labels=one_label, score=score)
+                    one_label = None if labels is None else labels[i : i + 1]
+                    result = detector.score(images[i : i + 1], labels=one_label, score=score)
                     scores[i], p_values[i] = result.scores[0], result.p_values[0]
                 except InputError as error:
                     errors[i] = f"{batch['input'][i]}: {error}"
-    return {"input": np.asarray(batch["input"], dtype=object), "index": np.asarray(batch["index"]),
-            "score": scores, "p_value": p_values, "error": errors}
+    return {
+        "input": np.asarray(batch["input"], dtype=object),
+        "index": np.asarray(batch["index"]),
+        "score": scores,
+        "p_value": p_values,
+        "error": errors,
+    }
 
 
 # --- the local engine -----------------------------------------------------------------------------
@@ -125,15 +136,26 @@ def decoder_pool(workers: int) -> Executor:
     locks is what makes fork unsafe."""
     if workers <= 0:
         return ThreadPoolExecutor(1)
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                               initializer=_decoder_init, initargs=(os.getpid(),))
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_decoder_init,
+        initargs=(os.getpid(),),
+    )
     pool.submit(_nothing).result()  # with fork, the first task starts every worker
     return pool
 
 
-def run_local(pool: Executor, chunks: Iterator[Chunk], spec: InputSpec, detector: Detector,
-              score: str, batch_size: int, on_batch: OnBatch, should_stop: Callable[[], bool]
-              ) -> None:
+def run_local(
+    pool: Executor,
+    chunks: Iterator[Chunk],
+    spec: InputSpec,
+    detector: Detector,
+    score: str,
+    batch_size: int,
+    on_batch: OnBatch,
+    should_stop: Callable[[], bool],
+) -> None:
     """Decode chunks in `pool` while this process scores them, in input order."""
     in_flight = 2 * getattr(pool, "_max_workers", 1) + 1  # keeps decoders busy; bounds memory
     pending: deque = deque()
@@ -189,8 +211,11 @@ def _identity(job: ScoreJob, bundle: Bundle, score: str) -> dict:
     inputs = []
     for spec in job.inputs:
         kind, _, rest = spec.partition(":")
-        inputs.append(f"{kind}:{os.path.abspath(rest)}" if kind in ("folder", "npy", "idx") and rest
-                      else os.path.abspath(spec))
+        inputs.append(
+            f"{kind}:{os.path.abspath(rest)}"
+            if kind in ("folder", "npy", "idx") and rest
+            else os.path.abspath(spec)
+        )
     return {"bundle_sha256": bundle.sha256, "score": score, "inputs": inputs}
 
 
@@ -199,16 +224,20 @@ def _work_area(job: ScoreJob, out: Path, identity: dict) -> Path:
     journal = work / "journal.jsonl"
     if journal.exists() and journal.stat().st_size > 0:
         if not job.resume:
-            msg = (f"{work} holds the results of an interrupted job: add --resume to continue it, "
-                   "or delete that folder to start again")
+            msg = (
+                f"{work} holds the results of an interrupted job: add --resume to continue it, "
+                "or delete that folder to start again"
+            )
             raise InputError(msg)
         try:
             stored = json.loads((work / "job.json").read_text())
         except (OSError, json.JSONDecodeError):
             stored = None
         if stored != identity:
-            msg = (f"{work} belongs to another job (bundle, score or inputs differ); resume with "
-                   "the same ones, or delete that folder to start again")
+            msg = (
+                f"{work} belongs to another job (bundle, score or inputs differ); resume with "
+                "the same ones, or delete that folder to start again"
+            )
             raise InputError(msg)
         return work
     work.mkdir(parents=True, exist_ok=True)
@@ -268,9 +297,17 @@ def run(job: ScoreJob) -> dict:
         stack.callback(journal.close)
         items = inputs.items() if not done else (i for i in inputs.items() if i not in done)
         chunks = inputs.chunks(items, job.batch_size)
-        bar = stack.enter_context(tqdm(total=total, initial=n_done, unit="img", desc="scoring",
-                                       disable=not job.progress, smoothing=0.05,
-                                       dynamic_ncols=True))
+        bar = stack.enter_context(
+            tqdm(
+                total=total,
+                initial=n_done,
+                unit="img",
+                desc="scoring",
+                disable=not job.progress,
+                smoothing=0.05,
+                dynamic_ncols=True,
+            )
+        )
 
         def on_batch(batch: dict[str, np.ndarray]) -> None:
             rows = rows_from_batch(batch)
@@ -286,8 +323,16 @@ def run(job: ScoreJob) -> dict:
 
             extra = run_ray(job, chunks, spec, bundle, score, work, on_batch, stop)
         else:
-            run_local(pool, chunks, spec, Detector(bundle, device=job.device), score,
-                      job.batch_size, on_batch, stop)
+            run_local(
+                pool,
+                chunks,
+                spec,
+                Detector(bundle, device=job.device),
+                score,
+                job.batch_size,
+                on_batch,
+                stop,
+            )
     complete = not stop.requested
     metadata = {**identity, "bundle_version": bundle.version, "alpha": alpha, "fdr": job.fdr}
     totals = write_results(journal, out, alpha=alpha, fdr=job.fdr, metadata=metadata)
@@ -312,4 +357,3 @@ def run(job: ScoreJob) -> dict:
         **({} if complete else {"work_area": str(work), "resume": "run again with --resume"}),
         **extra,
     }
-

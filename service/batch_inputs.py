@@ -49,9 +49,14 @@ class InputSpec:
     @classmethod
     def from_metadata(cls, metadata: dict) -> InputSpec:
         spec, pre = metadata["input"], metadata["preprocessing"]
-        return cls(spec["channels"], spec["height"], spec["width"],
-                   resize=pre["resize"] == "bilinear", convert=pre["color"] == "convert",
-                   labelled=bool(metadata.get("labels")))
+        return cls(
+            spec["channels"],
+            spec["height"],
+            spec["width"],
+            resize=pre["resize"] == "bilinear",
+            convert=pre["color"] == "convert",
+            labelled=bool(metadata.get("labels")),
+        )
 
 
 @dataclass(frozen=True)
@@ -83,13 +88,17 @@ class Chunk:
     broken: dict[str, str] = field(default_factory=dict)  # input -> why it cannot be read
 
     def to_json(self) -> dict:
-        return {"items": self.items, "sources": {k: asdict(v) for k, v in self.sources.items()},
-                "broken": self.broken}
+        return {
+            "items": self.items,
+            "sources": {k: asdict(v) for k, v in self.sources.items()},
+            "broken": self.broken,
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> Chunk:
-        sources = {k: ArraySource(**{**v, "shape": tuple(v["shape"])})
-                   for k, v in data["sources"].items()}
+        sources = {
+            k: ArraySource(**{**v, "shape": tuple(v["shape"])}) for k, v in data["sources"].items()
+        }
         return cls([(str(i), int(j)) for i, j in data["items"]], sources, data["broken"])
 
 
@@ -163,8 +172,11 @@ def _npy_source(path: str) -> ArraySource:
     try:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
             shape, fortran_order, dtype = read_header(f)
             offset = f.tell()
     except (OSError, ValueError) as error:
@@ -204,7 +216,7 @@ def _idx_source(path: str, work_dir: Path) -> ArraySource:
     if len(dims) < 4 * ndim:
         msg = f"{path}: truncated IDX header"
         raise InputError(msg)
-    shape = tuple(int.from_bytes(dims[4 * i:4 * i + 4], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
     offset = 4 + 4 * ndim
     expected = int(np.prod(shape))
     found = os.path.getsize(data_path) - offset
@@ -221,11 +233,14 @@ def _check_layout(source: ArraySource, spec: InputSpec) -> None:
         msg = f"{source.path}: expected images (N, H, W), (N, C, H, W) or (N, H, W, C), got {shape}"
         raise InputError(msg)
     channels = 1 if len(shape) == 3 else (shape[1] if source.channels_first() else shape[-1])
-    height, width = (shape[1:3] if len(shape) == 3 else
-                     shape[2:4] if source.channels_first() else shape[1:3])
+    height, width = (
+        shape[1:3] if len(shape) == 3 else shape[2:4] if source.channels_first() else shape[1:3]
+    )
     if (height, width) != (spec.height, spec.width) and not spec.resize:
-        msg = (f"{source.path}: images are {width}x{height}, "
-               f"the model takes {spec.width}x{spec.height}")
+        msg = (
+            f"{source.path}: images are {width}x{height}, "
+            f"the model takes {spec.width}x{spec.height}"
+        )
         raise InputError(msg)
     if channels != spec.channels and not spec.convert:
         msg = f"{source.path}: images have {channels} channel(s), the model takes {spec.channels}"
@@ -238,8 +253,11 @@ class InputSet:
     def __init__(self, specs: list[str], spec: InputSpec, work_dir: Path):
         # An array listed twice is read once; files are de-duplicated as they stream (see items).
         resolved = resolve_inputs(specs)
-        self.inputs = [pair for i, pair in enumerate(resolved)
-                       if pair[0] in ("folder", "image") or pair not in resolved[:i]]
+        self.inputs = [
+            pair
+            for i, pair in enumerate(resolved)
+            if pair[0] in ("folder", "image") or pair not in resolved[:i]
+        ]
         self.spec = spec
         self.work_dir = work_dir
         self.sources: dict[str, ArraySource] = {}
@@ -288,16 +306,25 @@ class InputSet:
 
     def _chunk(self, items: list[Item]) -> Chunk:
         names = {path for path, index in items if index != NO_INDEX or path in self.broken}
-        return Chunk(items, {n: self.sources[n] for n in names if n in self.sources},
-                     {n: self.broken[n] for n in names if n in self.broken})
+        return Chunk(
+            items,
+            {n: self.sources[n] for n in names if n in self.sources},
+            {n: self.broken[n] for n in names if n in self.broken},
+        )
 
 
 # --- reading and decoding -------------------------------------------------------------------------
 def _array_rows(source: ArraySource, rows: list[int]) -> np.ndarray:
     """The stored rows, copied out of a memory map that is closed again (RSS stays flat)."""
     order = "F" if source.fortran_order else "C"
-    mapped = np.memmap(source.data_path, dtype=np.dtype(source.dtype), mode="r",
-                       offset=source.offset, shape=source.shape, order=order)
+    mapped = np.memmap(
+        source.data_path,
+        dtype=np.dtype(source.dtype),
+        mode="r",
+        offset=source.offset,
+        shape=source.shape,
+        order=order,
+    )
     try:
         array = np.array(mapped[rows])
     finally:
@@ -311,8 +338,12 @@ def _to_input(row: np.ndarray, spec: InputSpec, name: str) -> np.ndarray:
     """A stored image (C, H, W), any numeric dtype -> uint8 in the model's shape, or InputError."""
     if row.dtype != np.uint8:
         values = row.astype(np.float64)
-        if not np.all(np.isfinite(values)) or values.min() < 0 or values.max() > 255 \
-                or not np.all(values == np.round(values)):
+        if (
+            not np.all(np.isfinite(values))
+            or values.min() < 0
+            or values.max() > 255
+            or not np.all(values == np.round(values))
+        ):
             msg = f"{name}: pixel values must be whole numbers within 0..255"
             raise InputError(msg)
         row = values.astype(np.uint8)
@@ -321,8 +352,15 @@ def _to_input(row: np.ndarray, spec: InputSpec, name: str) -> np.ndarray:
     from PIL import Image
 
     image = Image.fromarray(row[0] if row.shape[0] == 1 else np.moveaxis(row, 0, -1))
-    return pil_to_array(image, channels=spec.channels, height=spec.height, width=spec.width,
-                        resize=spec.resize, convert=spec.convert, name=name)
+    return pil_to_array(
+        image,
+        channels=spec.channels,
+        height=spec.height,
+        width=spec.width,
+        resize=spec.resize,
+        convert=spec.convert,
+        name=name,
+    )
 
 
 def _decode_file(path: str, spec: InputSpec) -> np.ndarray:
@@ -333,16 +371,25 @@ def _decode_file(path: str, spec: InputSpec) -> np.ndarray:
         msg = f"{path}: cannot read ({error.strerror or error})"
         raise InputError(msg) from None
     image = decode_image(data, name=path)
-    return pil_to_array(image, channels=spec.channels, height=spec.height, width=spec.width,
-                        resize=spec.resize, convert=spec.convert, name=path)
+    return pil_to_array(
+        image,
+        channels=spec.channels,
+        height=spec.height,
+        width=spec.width,
+        resize=spec.resize,
+        convert=spec.convert,
+        name=path,
+    )
 
 
 def _folder_label(path: str) -> int:
     """An image file's class for a conditional bundle: the integer name of its folder."""
     folder = os.path.basename(os.path.dirname(path))
     if not folder.isdigit():
-        msg = (f"{path}: the model is class-conditional and this image has no label; put it in a "
-               f"folder named by its class (e.g. 3/{os.path.basename(path)})")
+        msg = (
+            f"{path}: the model is class-conditional and this image has no label; put it in a "
+            f"folder named by its class (e.g. 3/{os.path.basename(path)})"
+        )
         raise InputError(msg)
     return int(folder)
 
@@ -357,8 +404,11 @@ def _array_labels(source: ArraySource, rows: list[int]) -> np.ndarray:
         msg = f"{path}: the model is class-conditional and {expected} is not beside it"
         raise InputError(msg)
     try:
-        labels = np.load(labels_path, mmap_mode="r", allow_pickle=False) if is_npy \
+        labels = (
+            np.load(labels_path, mmap_mode="r", allow_pickle=False)
+            if is_npy
             else read_idx(labels_path)
+        )
     except (OSError, ValueError) as error:
         msg = f"{labels_path}: cannot read labels ({error})"
         raise InputError(msg) from None

@@ -89,8 +89,16 @@ def ray_temp_dir(work: Path) -> tuple[str, Path | None]:
     return str(link), link
 
 
-def run_ray(job: ScoreJob, chunks: Iterator[Chunk], spec: InputSpec, bundle: Bundle, score: str,
-            work: Path, on_batch: OnBatch, should_stop: Callable[[], bool]) -> dict:
+def run_ray(
+    job: ScoreJob,
+    chunks: Iterator[Chunk],
+    spec: InputSpec,
+    bundle: Bundle,
+    score: str,
+    work: Path,
+    on_batch: OnBatch,
+    should_stop: Callable[[], bool],
+) -> dict:
     """Score `chunks` on Ray (the cluster at job.ray_address, else a local Ray) into on_batch."""
     try:
         import ray
@@ -103,8 +111,11 @@ def run_ray(job: ScoreJob, chunks: Iterator[Chunk], spec: InputSpec, bundle: Bun
     started_here, link = False, None
     clock = time.monotonic()
     if not ray.is_initialized():
-        options = {"include_dashboard": False, "log_to_driver": False,
-                   "logging_level": logging.WARNING}
+        options = {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "logging_level": logging.WARNING,
+        }
         if job.ray_address:
             ray.init(address=job.ray_address, **options)
         else:
@@ -125,14 +136,22 @@ def run_ray(job: ScoreJob, chunks: Iterator[Chunk], spec: InputSpec, bundle: Bun
         # into the scoring actors (which ask for a whole one), so decoding overlaps scoring.
         dataset = (
             ray.data.read_text(str(listing), num_cpus=DECODE_CPUS)
-            .map_batches(load_lines, batch_size=None, fn_kwargs={"spec": spec},
-                         num_cpus=DECODE_CPUS)
-            .map_batches(Scorer, batch_size=job.batch_size,
-                         compute=ray.data.ActorPoolStrategy(size=actors),
-                         fn_constructor_kwargs={"model_bytes": bundle.model_bytes,
-                                                "score": score, "device": job.device,
-                                                "batch_size": job.batch_size},
-                         num_gpus=1 if gpus else 0, num_cpus=1)
+            .map_batches(
+                load_lines, batch_size=None, fn_kwargs={"spec": spec}, num_cpus=DECODE_CPUS
+            )
+            .map_batches(
+                Scorer,
+                batch_size=job.batch_size,
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                fn_constructor_kwargs={
+                    "model_bytes": bundle.model_bytes,
+                    "score": score,
+                    "device": job.device,
+                    "batch_size": job.batch_size,
+                },
+                num_gpus=1 if gpus else 0,
+                num_cpus=1,
+            )
         )
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             on_batch(batch)
@@ -144,5 +163,8 @@ def run_ray(job: ScoreJob, chunks: Iterator[Chunk], spec: InputSpec, bundle: Bun
         if link is not None:
             link.unlink(missing_ok=True)
         shutil.rmtree(listing, ignore_errors=True)
-    return {"ray_start_seconds": round(start_seconds, 3), "ray_actors": actors,
-            "ray_address": job.ray_address or "local"}
+    return {
+        "ray_start_seconds": round(start_seconds, 3),
+        "ray_actors": actors,
+        "ray_address": job.ray_address or "local",
+    }

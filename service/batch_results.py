@@ -56,11 +56,23 @@ def _number(value) -> float | None:
 def rows_from_batch(batch: dict[str, np.ndarray]) -> list[dict]:
     """Scored columns (see service.batch.score_batch) -> journal rows; NaN and '' become null."""
     rows = []
-    for path, index, score, p_value, error in zip(batch["input"], batch["index"], batch["score"],
-                                                  batch["p_value"], batch["error"], strict=True):
-        rows.append({"input": str(path), "index": None if int(index) == NO_INDEX else int(index),
-                     "score": _number(score), "p_value": _number(p_value),
-                     "error": str(error) or None})
+    for path, index, score, p_value, error in zip(
+        batch["input"],
+        batch["index"],
+        batch["score"],
+        batch["p_value"],
+        batch["error"],
+        strict=True,
+    ):
+        rows.append(
+            {
+                "input": str(path),
+                "index": None if int(index) == NO_INDEX else int(index),
+                "score": _number(score),
+                "p_value": _number(p_value),
+                "error": str(error) or None,
+            }
+        )
     return rows
 
 
@@ -85,8 +97,10 @@ class Journal:
                     try:
                         row = json.loads(line)
                     except json.JSONDecodeError:
-                        msg = (f"{self.path}:{number}: corrupt journal line; "
-                               "delete the work area to start again")
+                        msg = (
+                            f"{self.path}:{number}: corrupt journal line; "
+                            "delete the work area to start again"
+                        )
                         raise InputError(msg) from None
                     done.add((row["input"], NO_INDEX if row["index"] is None else row["index"]))
         self._file = open(self.path, "a", encoding="utf-8")
@@ -124,8 +138,12 @@ def _decided(journal: Journal, alpha: float, fdr: float | None) -> Iterator[dict
         q_values = iter(benjamini_hochberg(np.frombuffer(p_values)) if p_values else ())
     for row in journal.rows():
         ok = row["error"] is None
-        out = {"input": row["input"], "index": row["index"], "score": row["score"],
-               "p_value": row["p_value"]}
+        out = {
+            "input": row["input"],
+            "index": row["index"],
+            "score": row["score"],
+            "p_value": row["p_value"],
+        }
         if q_values is not None:
             out["q_value"] = float(next(q_values)) if ok else None
             out["is_anomaly"] = out["q_value"] <= fdr if ok else None
@@ -135,12 +153,16 @@ def _decided(journal: Journal, alpha: float, fdr: float | None) -> Iterator[dict
         yield out
 
 
-def write_results(journal: Journal, out: Path, *, alpha: float, fdr: float | None,
-                  metadata: dict | None = None) -> Totals:
+def write_results(
+    journal: Journal, out: Path, *, alpha: float, fdr: float | None, metadata: dict | None = None
+) -> Totals:
     """Write RESULTS from the journal (atomically) and count what it holds."""
     fmt = results_format(out)
-    columns = ["input", "index", "score", "p_value"] + (["q_value"] if fdr is not None else []) \
+    columns = (
+        ["input", "index", "score", "p_value"]
+        + (["q_value"] if fdr is not None else [])
         + ["is_anomaly", "error"]
+    )
     totals = Totals()
 
     def counted(rows: Iterator[dict]) -> Iterator[dict]:
@@ -175,11 +197,19 @@ def _write_parquet(rows: Iterator[dict], path: Path, columns: list[str], metadat
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    types = {"input": pa.string(), "index": pa.int64(), "score": pa.float64(),
-             "p_value": pa.float64(), "q_value": pa.float64(), "is_anomaly": pa.bool_(),
-             "error": pa.string()}
-    schema = pa.schema([(c, types[c]) for c in columns],
-                       metadata={"normalcy": json.dumps(metadata, sort_keys=True)})
+    types = {
+        "input": pa.string(),
+        "index": pa.int64(),
+        "score": pa.float64(),
+        "p_value": pa.float64(),
+        "q_value": pa.float64(),
+        "is_anomaly": pa.bool_(),
+        "error": pa.string(),
+    }
+    schema = pa.schema(
+        [(c, types[c]) for c in columns],
+        metadata={"normalcy": json.dumps(metadata, sort_keys=True)},
+    )
     with pq.ParquetWriter(path, schema) as writer:
         buffer: list[dict] = []
         for row in rows:
@@ -204,7 +234,13 @@ def read_results(path: str | Path) -> list[dict]:
             return [json.loads(line) for line in f]
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    parsers = {"index": int, "score": float, "p_value": float, "q_value": float,
-               "is_anomaly": lambda v: v == "True"}
-    return [{k: (None if v == "" else parsers.get(k, str)(v)) for k, v in row.items()}
-            for row in rows]
+    parsers = {
+        "index": int,
+        "score": float,
+        "p_value": float,
+        "q_value": float,
+        "is_anomaly": lambda v: v == "True",
+    }
+    return [
+        {k: (None if v == "" else parsers.get(k, str)(v)) for k, v in row.items()} for row in rows
+    ]

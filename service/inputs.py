@@ -152,8 +152,10 @@ def from_json(body: bytes, spec: ImageSpec) -> ParsedImages:
         raise ApiError(400, "invalid_request", msg)
     unknown = sorted(set(document) - {"images", "labels"})
     if unknown:
-        msg = (f"unknown field(s) {unknown}; the body holds images (and labels); score options go "
-               "in the query (score, alpha, heatmap)")
+        msg = (
+            f"unknown field(s) {unknown}; the body holds images (and labels); score options go "
+            "in the query (score, alpha, heatmap)"
+        )
         raise ApiError(400, "invalid_request", msg)
     labels = document.get("labels")
     if labels is not None and not isinstance(labels, list):

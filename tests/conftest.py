@@ -11,10 +11,21 @@ def _train(kind: str, out, **extra):
     from training.pipeline import TrainJob, run
     from training.train import TrainConfig
 
-    model = {"pixelcnn": {"hidden": 16, "layers": 3, "kernel": 3, "head": 32},
-             "vae": {"latent": 4, "hidden": 8}}[kind]
-    job = TrainJob(kind, "digits:train", str(out), normal_classes=DIGITS_NORMAL, model=model,
-                   train=TrainConfig(epochs=2, seed=0), progress=False, calibration=0.25, **extra)
+    model = {
+        "pixelcnn": {"hidden": 16, "layers": 3, "kernel": 3, "head": 32},
+        "vae": {"latent": 4, "hidden": 8},
+    }[kind]
+    job = TrainJob(
+        kind,
+        "digits:train",
+        str(out),
+        normal_classes=DIGITS_NORMAL,
+        model=model,
+        train=TrainConfig(epochs=2, seed=0),
+        progress=False,
+        calibration=0.25,
+        **extra,
+    )
     bundle, _ = run(job)
     return bundle
 
@@ -47,12 +58,23 @@ def _train_conditional(kind: str, out):
     from training.pipeline import TrainJob, run
     from training.train import TrainConfig
 
-    model = {"pixelcnn": {"hidden": 16, "layers": 3, "kernel": 3, "head": 32},
-             "vae": {"latent": 4, "hidden": 8}}[kind]
-    train = TrainConfig(epochs=10, batch_size=16, lr=3e-3, warmup_steps=10, patience=10, seed=0,
-                        conditional=True)
-    job = TrainJob(kind, "digits:train", str(out), normal_classes=DIGITS_NORMAL, model=model,
-                   train=train, progress=False, calibration=0.25)
+    model = {
+        "pixelcnn": {"hidden": 16, "layers": 3, "kernel": 3, "head": 32},
+        "vae": {"latent": 4, "hidden": 8},
+    }[kind]
+    train = TrainConfig(
+        epochs=10, batch_size=16, lr=3e-3, warmup_steps=10, patience=10, seed=0, conditional=True
+    )
+    job = TrainJob(
+        kind,
+        "digits:train",
+        str(out),
+        normal_classes=DIGITS_NORMAL,
+        model=model,
+        train=train,
+        progress=False,
+        calibration=0.25,
+    )
     bundle, _ = run(job)
     return bundle
 

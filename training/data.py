@@ -20,26 +20,31 @@ __all__ = ["ImageSet", "Splits", "load", "parse_classes", "perturb", "split"]
 
 @dataclass(frozen=True)
 class Splits:
-    """Disjoint parts of the normal data: fit on train, stop on validation, calibrate on calibration."""
+    """Disjoint parts of the normal data: fit on train, stop on validation, calibrate on the
+    calibration part."""
 
     train: ImageSet
     validation: ImageSet
     calibration: ImageSet
 
 
-def split(data: ImageSet, *, seed: int = 0, validation: float = 0.1, calibration: float = 0.1) -> Splits:
+def split(
+    data: ImageSet, *, seed: int = 0, validation: float = 0.1, calibration: float = 0.1
+) -> Splits:
     """Shuffle with `seed` and cut; the same data and seed always give the same splits."""
     n = len(data)
     n_val = max(1, round(n * validation))
     n_cal = max(1, round(n * calibration))
     if n - n_val - n_cal < 1:
-        msg = f"{data.source}: {n} images are too few to split into train, validation and calibration"
+        msg = (
+            f"{data.source}: {n} images are too few to split into train, validation and calibration"
+        )
         raise InputError(msg)
     order = np.random.default_rng(seed).permutation(n)
     return Splits(
-        train=data.select(np.sort(order[n_val + n_cal:])),
+        train=data.select(np.sort(order[n_val + n_cal :])),
         validation=data.select(np.sort(order[:n_val])),
-        calibration=data.select(np.sort(order[n_val:n_val + n_cal])),
+        calibration=data.select(np.sort(order[n_val : n_val + n_cal])),
     )
 
 

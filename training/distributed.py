@@ -82,7 +82,7 @@ def shard(order: torch.Tensor, world: World) -> torch.Tensor:
         return order
     total = math.ceil(len(order) / world.world_size) * world.world_size
     padded = order.repeat(math.ceil(total / len(order)))[:total]
-    return padded[world.rank::world.world_size]
+    return padded[world.rank :: world.world_size]
 
 
 def shard_size(n: int, world: World) -> int:
@@ -110,10 +110,14 @@ class Clock:
 
     def sync(self) -> None:
         if self.world.enabled:
-            device = (torch.device("cuda", self.world.local_rank) if dist.get_backend() == "nccl"
-                      else "cpu")
-            tensor = torch.tensor([time.monotonic() - self.started], dtype=torch.float64,
-                                  device=device)
+            device = (
+                torch.device("cuda", self.world.local_rank)
+                if dist.get_backend() == "nccl"
+                else "cpu"
+            )
+            tensor = torch.tensor(
+                [time.monotonic() - self.started], dtype=torch.float64, device=device
+            )
             dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
             self._agreed = float(tensor.item())
 

@@ -1,4 +1,5 @@
-"""`normalcy train`: data -> fitted model -> ONNX graph -> calibrated bundle, checkpoint beside it."""
+"""`normalcy train`: data -> fitted model -> ONNX graph -> calibrated bundle, checkpoint beside
+it."""
 
 from __future__ import annotations
 
@@ -45,8 +46,9 @@ def prepare_data(spec: str, normal_classes: list[int] | None) -> ImageSet:
     return data.with_classes(normal_classes) if normal_classes else data
 
 
-def model_config(kind: str, data: ImageSet, overrides: dict | None, *,
-                 conditional: bool = False) -> dict:
+def model_config(
+    kind: str, data: ImageSet, overrides: dict | None, *, conditional: bool = False
+) -> dict:
     """The model's hyperparameters; a conditional model gets one class per label value up to the
     largest label in the data (labels must be 0 .. K-1 integers)."""
     channels, height, width = data.images.shape[1:]
@@ -75,32 +77,56 @@ def run(job: TrainJob) -> tuple[Bundle | None, dict | None]:
     out = Path(job.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     data = prepare_data(job.data, job.normal_classes)
-    splits = split(data, seed=(job.train or TrainConfig()).seed, validation=job.validation,
-                   calibration=job.calibration)
+    splits = split(
+        data,
+        seed=(job.train or TrainConfig()).seed,
+        validation=job.validation,
+        calibration=job.calibration,
+    )
     cfg = job.train or TrainConfig()
     config = model_config(job.kind, data, job.model, conditional=cfg.conditional)
     classes = sorted(set(data.labels.tolist())) if cfg.conditional else None
     world = distributed.setup(cuda=resolve_device(cfg.device).type == "cuda")
     started = time.monotonic()
-    model, result = fit(job.kind, config, splits, cfg, checkpoint=out.with_suffix(".pt"),
-                        resume=job.resume, progress=job.progress)
+    model, result = fit(
+        job.kind,
+        config,
+        splits,
+        cfg,
+        checkpoint=out.with_suffix(".pt"),
+        resume=job.resume,
+        progress=job.progress,
+    )
     background, background_result = None, None
     if job.background_rate > 0:
         if job.kind != "pixelcnn":
             msg = "a background model (likelihood ratio) is offered for the PixelCNN only"
             raise ValueError(msg)
-        bg_cfg = replace(cfg, perturb_rate=job.background_rate, weight_decay=job.background_weight_decay)
-        background, background_result = fit(job.kind, config, splits, bg_cfg,
-                                            checkpoint=out.with_name(out.stem + ".background.pt"),
-                                            resume=job.resume, progress=job.progress)
+        bg_cfg = replace(
+            cfg, perturb_rate=job.background_rate, weight_decay=job.background_weight_decay
+        )
+        background, background_result = fit(
+            job.kind,
+            config,
+            splits,
+            bg_cfg,
+            checkpoint=out.with_name(out.stem + ".background.pt"),
+            resume=job.resume,
+            progress=job.progress,
+        )
     train_seconds = time.monotonic() - started
     distributed.teardown(world)
     if not world.is_main:
         return None, None
 
     image_shape = tuple(int(d) for d in data.images.shape[1:])
-    graph = export_graph_bytes(job.kind, model.cpu(), image_shape, background=background and background.cpu(),
-                               samples=job.samples)
+    graph = export_graph_bytes(
+        job.kind,
+        model.cpu(),
+        image_shape,
+        background=background and background.cpu(),
+        samples=job.samples,
+    )
     training = {
         "data": job.data,
         "normal_classes": job.normal_classes,
@@ -114,42 +140,66 @@ def run(job: TrainJob) -> tuple[Bundle | None, dict | None]:
         "validation_bits_per_dim": result.best_validation_bits_per_dim,
         "train_seconds": round(train_seconds, 1),
         "train_config": asdict(cfg),
-        "background": (None if background_result is None else
-                       {"perturb_rate": job.background_rate, "epochs": background_result.epochs,
-                        "validation_bits_per_dim": background_result.best_validation_bits_per_dim}),
+        "background": (
+            None
+            if background_result is None
+            else {
+                "perturb_rate": job.background_rate,
+                "epochs": background_result.epochs,
+                "validation_bits_per_dim": background_result.best_validation_bits_per_dim,
+            }
+        ),
         "package_version": detectors.__version__,
         "torch_version": torch.__version__,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    meta = base_metadata(job.kind, model, image_shape, has_background=background is not None,
-                         samples=job.samples, alpha=job.alpha, training=training,
-                         classes=classes)
+    meta = base_metadata(
+        job.kind,
+        model,
+        image_shape,
+        has_background=background is not None,
+        samples=job.samples,
+        alpha=job.alpha,
+        training=training,
+        classes=classes,
+    )
     draft = Bundle.from_bytes(write_bundle(graph, meta, out).model_bytes, path=str(out))
     # A conditional bundle is calibrated on each calibration image given its own (true) label.
     cal_labels, val_labels = None, None
     if cfg.conditional:
         cal_labels, val_labels = splits.calibration.labels, splits.validation.labels
-    meta = calibrated_metadata(draft, splits.calibration.images, labels=cal_labels,
-                               source=f"{job.data} (calibration split)")
+    meta = calibrated_metadata(
+        draft,
+        splits.calibration.images,
+        labels=cal_labels,
+        source=f"{job.data} (calibration split)",
+    )
     test_bpd = _bundle_bits_per_dim(draft, splits.validation.images, val_labels)
     meta["training"]["validation_bits_per_dim_onnx"] = test_bpd
     bundle = write_bundle(graph, meta, out)
-    summary = {"bundle": str(out), "checkpoint": str(out.with_suffix(".pt")),
-               "validation_bits_per_dim": test_bpd, "epochs": result.epochs, "stopped": result.stopped,
-               "train_seconds": round(train_seconds, 1)}
+    summary = {
+        "bundle": str(out),
+        "checkpoint": str(out.with_suffix(".pt")),
+        "validation_bits_per_dim": test_bpd,
+        "epochs": result.epochs,
+        "stopped": result.stopped,
+        "train_seconds": round(train_seconds, 1),
+    }
     return bundle, summary
 
 
-def _bundle_bits_per_dim(bundle: Bundle, images: np.ndarray,
-                         labels: np.ndarray | None = None) -> float:
+def _bundle_bits_per_dim(
+    bundle: Bundle, images: np.ndarray, labels: np.ndarray | None = None
+) -> float:
     """Mean bits/dim through the exported graph: exact NLL (PixelCNN) or the IWAE bound (VAE)."""
     from detectors.runtime import OnnxSession
 
     session = OnnxSession(bundle, device="cpu")
     output = "nll_bits_per_dim" if bundle.kind == "pixelcnn" else "iwae_bits_per_dim"
-    values = [session.run(images[i:i + 256], [output],
-                          labels=None if labels is None else labels[i:i + 256])[output]
-              for i in range(0, len(images), 256)]
+    values = [
+        session.run(
+            images[i : i + 256], [output], labels=None if labels is None else labels[i : i + 256]
+        )[output]
+        for i in range(0, len(images), 256)
+    ]
     return float(np.concatenate(values).mean())
-
-

@@ -77,7 +77,7 @@ def _grid(images: np.ndarray, columns: int) -> np.ndarray:
     for k in range(n):
         r, q = divmod(k, columns)
         top, left = r * (h + 1), q * (w + 1)
-        grid[top:top + h, left:left + w] = images[k].transpose(1, 2, 0)
+        grid[top : top + h, left : left + w] = images[k].transpose(1, 2, 0)
     return grid[..., 0] if c == 1 else grid
 
 
@@ -122,8 +122,9 @@ def plot_image_rows(rows: list[tuple[str, np.ndarray]], out: Path, name: str, co
     return _save(fig, out, name)
 
 
-def plot_histograms(normal: dict, anomalous: dict | None, thresholds: dict, default: str,
-                    alpha: float, out: Path) -> str:
+def plot_histograms(
+    normal: dict, anomalous: dict | None, thresholds: dict, default: str, alpha: float, out: Path
+) -> str:
     names = list(normal)
     columns = min(3, len(names))
     rows = math.ceil(len(names) / columns)
@@ -137,12 +138,13 @@ def plot_histograms(normal: dict, anomalous: dict | None, thresholds: dict, defa
         if anomalous:
             ax.hist(anomalous[name], bins=bins, alpha=0.6, density=True, label="anomalous")
         if math.isfinite(thresholds[name]):
-            ax.axvline(thresholds[name], color="k", ls="--", lw=1,
-                       label=f"threshold (alpha={alpha:g})")
+            ax.axvline(
+                thresholds[name], color="k", ls="--", lw=1, label=f"threshold (alpha={alpha:g})"
+            )
         ax.set_title(name + (" (default)" if name == default else ""), fontsize=10)
         ax.set_xlabel("raw score (higher = more anomalous)", fontsize=8)
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.set_axis_off()
     fig.tight_layout()
     return _save(fig, out, "scores.png")
@@ -167,16 +169,23 @@ def plot_roc(normal: dict, anomalous: dict, out: Path) -> tuple[str, dict]:
     return _save(fig, out, "roc.png"), aurocs
 
 
-def plot_calibration(normal: dict, references: dict, default_alpha: float, out: Path
-                     ) -> tuple[str, dict]:
+def plot_calibration(
+    normal: dict, references: dict, default_alpha: float, out: Path
+) -> tuple[str, dict]:
     """Measured FPR on normal images against alpha: conformal p-values promise FPR <= alpha."""
     n = len(next(iter(normal.values())))
     fig = _figure((4.6, 4.4))
     ax = fig.subplots()
     floor = 0.5 / n  # a measured rate of 0 is drawn here, on the log scale
     band = 2 * np.sqrt(ALPHAS * (1 - ALPHAS) / n)
-    ax.fill_between(ALPHAS, np.maximum(ALPHAS - band, floor), ALPHAS + band, color="grey",
-                    alpha=0.2, label="alpha +- 2 s.e.")
+    ax.fill_between(
+        ALPHAS,
+        np.maximum(ALPHAS - band, floor),
+        ALPHAS + band,
+        color="grey",
+        alpha=0.2,
+        label="alpha +- 2 s.e.",
+    )
     ax.axhline(floor, color="grey", lw=0.5)
     ax.plot(ALPHAS, ALPHAS, color="grey", ls=":", lw=1)
     measured = {}
@@ -197,9 +206,19 @@ def plot_calibration(normal: dict, references: dict, default_alpha: float, out: 
 
 # --- model side ----------------------------------------------------------------------------------
 @torch.no_grad()
-def generated_figures(kind: str, model, normal: ImageSet, out: Path, report: Report, *,
-                      classes: list[int] | None, n_samples: int, seed: int, device: torch.device,
-                      progress: bool) -> None:
+def generated_figures(
+    kind: str,
+    model,
+    normal: ImageSet,
+    out: Path,
+    report: Report,
+    *,
+    classes: list[int] | None,
+    n_samples: int,
+    seed: int,
+    device: torch.device,
+    progress: bool,
+) -> None:
     """Samples for both kinds (one row per class of a conditional model); reconstructions and
     latent interpolations for the VAE."""
     model = model.to(device)
@@ -215,21 +234,27 @@ def generated_figures(kind: str, model, normal: ImageSet, out: Path, report: Rep
     else:
         label, n = None, n_samples
     if kind == "pixelcnn":
-        samples = model.sample(n, height, width, label=label, generator=generator,
-                               progress=progress)
+        samples = model.sample(
+            n, height, width, label=label, generator=generator, progress=progress
+        )
         how = "drawn pixel by pixel (exact ancestral sampling from the PixelCNN)"
     else:
         samples = model.sample(n, label=label, generator=generator)
         how = "decoded from z ~ N(0, I) (the decoder's mean image)"
     samples = samples.cpu().numpy()
     if classes:
-        rows = [(f"class {c}", samples[k * per_row:(k + 1) * per_row])
-                for k, c in enumerate(classes)]
+        rows = [
+            (f"class {c}", samples[k * per_row : (k + 1) * per_row]) for k, c in enumerate(classes)
+        ]
     else:
         rows = [("samples", samples)]
-    report.figures.append(Plot(plot_image_rows(rows, out, "samples.png", per_row), "Samples",
-                                 f"{n} images {how}"
-                                 + (", one row per class." if classes else ".")))
+    report.figures.append(
+        Plot(
+            plot_image_rows(rows, out, "samples.png", per_row),
+            "Samples",
+            f"{n} images {how}" + (", one row per class." if classes else "."),
+        )
+    )
     if kind != "vae":
         return
 
@@ -239,10 +264,18 @@ def generated_figures(kind: str, model, normal: ImageSet, out: Path, report: Rep
     y = torch.from_numpy(normal.labels[pick]).to(device) if classes else None
     mu, _ = model.encode(x, y)
     recon = model.decode_images(mu, y).cpu().numpy()
-    report.figures.append(Plot(
-        plot_image_rows([("normal images", normal.images[pick]), ("reconstructions", recon)], out,
-                        "reconstructions.png", len(pick)),
-        "VAE reconstructions", "Held-out normal images and the decoder's mean at z = mu(x)."))
+    report.figures.append(
+        Plot(
+            plot_image_rows(
+                [("normal images", normal.images[pick]), ("reconstructions", recon)],
+                out,
+                "reconstructions.png",
+                len(pick),
+            ),
+            "VAE reconstructions",
+            "Held-out normal images and the decoder's mean at z = mu(x).",
+        )
+    )
 
     steps, rows = 10, []
     for _ in range(min(6, len(normal) // 2)):
@@ -257,29 +290,35 @@ def generated_figures(kind: str, model, normal: ImageSet, out: Path, report: Rep
         row = np.concatenate([normal.images[[a]], decoded, normal.images[[b]]])
         rows.append((f"images {a} -> {b}", row))
     if rows:
-        report.figures.append(Plot(
-            plot_image_rows(rows, out, "interpolation.png", steps + 2), "VAE latent interpolation",
-            f"Between pairs of normal images: the first and last image of a row are the real ones, "
-            f"between them the decoded z = (1-t) mu(a) + t mu(b) for {steps} values of t"
-            + (" (pairs of one class, decoded with that label)." if classes else ".")))
+        report.figures.append(
+            Plot(
+                plot_image_rows(rows, out, "interpolation.png", steps + 2),
+                "VAE latent interpolation",
+                "Between pairs of normal images: the first and last image of a row are the real "
+                f"ones, between them the decoded z = (1-t) mu(a) + t mu(b) for {steps} values of t"
+                + (" (pairs of one class, decoded with that label)." if classes else "."),
+            )
+        )
 
 
 def _pair(data: ImageSet, rng, *, same_class: bool) -> tuple[int, int]:
     a = int(rng.integers(len(data)))
-    candidates = (np.flatnonzero(data.labels == data.labels[a]) if same_class
-                  else np.arange(len(data)))
+    candidates = (
+        np.flatnonzero(data.labels == data.labels[a]) if same_class else np.arange(len(data))
+    )
     candidates = candidates[candidates != a]
     return a, int(rng.choice(candidates)) if len(candidates) else a
 
 
 # --- scores --------------------------------------------------------------------------------------
-def _scores(detector: Detector, data: ImageSet, labels, desc: str, progress: bool,
-            batch_size: int = 256) -> dict[str, np.ndarray]:
+def _scores(
+    detector: Detector, data: ImageSet, labels, desc: str, progress: bool, batch_size: int = 256
+) -> dict[str, np.ndarray]:
     parts: dict[str, list] = {name: [] for name in detector.score_names}
     starts = range(0, len(data), batch_size)
     for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False):
-        batch_labels = None if labels is None else labels[start:start + batch_size]
-        values = detector.raw_scores(data.images[start:start + batch_size], labels=batch_labels)
+        batch_labels = None if labels is None else labels[start : start + batch_size]
+        values = detector.raw_scores(data.images[start : start + batch_size], labels=batch_labels)
         for name in parts:
             parts[name].append(values[name])
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}
@@ -294,8 +333,17 @@ def _wrong_labels(labels: np.ndarray, classes: list[int], seed: int) -> np.ndarr
     return classes[(position + shift) % len(classes)]
 
 
-def score_figures(detector: Detector, normal: ImageSet, anomalous: ImageSet | None, out: Path,
-                  report: Report, *, alpha: float, seed: int, progress: bool) -> None:
+def score_figures(
+    detector: Detector,
+    normal: ImageSet,
+    anomalous: ImageSet | None,
+    out: Path,
+    report: Report,
+    *,
+    alpha: float,
+    seed: int,
+    progress: bool,
+) -> None:
     conditional = detector.conditional
     anomalous_labels, anomalous_what = None, None
     if conditional:
@@ -308,49 +356,68 @@ def score_figures(detector: Detector, normal: ImageSet, anomalous: ImageSet | No
             anomalous_what = "the normal images, each paired with a wrong label"
         else:
             anomalous_labels = anomalous.labels
-    normal_scores = _scores(detector, normal, normal.labels if conditional else None,
-                            "scoring normal", progress)
+    normal_scores = _scores(
+        detector, normal, normal.labels if conditional else None, "scoring normal", progress
+    )
     anomalous_scores = None
     if anomalous is not None and len(anomalous):
-        anomalous_scores = _scores(detector, anomalous, anomalous_labels, "scoring anomalous",
-                                   progress)
+        anomalous_scores = _scores(
+            detector, anomalous, anomalous_labels, "scoring anomalous", progress
+        )
         anomalous_what = anomalous_what or f"{len(anomalous)} images from {anomalous.source}"
     thresholds = {name: detector.threshold(name, alpha) for name in detector.score_names}
-    report.metrics.update(alpha=alpha, n_normal=len(normal),
-                          n_anomalous=0 if anomalous_scores is None else len(anomalous),
-                          anomalous=anomalous_what, thresholds=thresholds)
-    report.figures.append(Plot(
-        plot_histograms(normal_scores, anomalous_scores, thresholds, detector.default_score, alpha,
-                        out),
-        "Scores", f"Raw scores of {len(normal)} normal images"
-        + (f" and of {anomalous_what}" if anomalous_scores else "")
-        + f"; the dashed line is each score's threshold at alpha = {alpha:g} (anomaly iff score > "
-          "threshold)."))
+    report.metrics.update(
+        alpha=alpha,
+        n_normal=len(normal),
+        n_anomalous=0 if anomalous_scores is None else len(anomalous),
+        anomalous=anomalous_what,
+        thresholds=thresholds,
+    )
+    report.figures.append(
+        Plot(
+            plot_histograms(
+                normal_scores, anomalous_scores, thresholds, detector.default_score, alpha, out
+            ),
+            "Scores",
+            f"Raw scores of {len(normal)} normal images"
+            + (f" and of {anomalous_what}" if anomalous_scores else "")
+            + f"; the dashed line is each score's threshold at alpha = {alpha:g} "
+            "(anomaly iff score > threshold).",
+        )
+    )
     if anomalous_scores is not None:
         name, aurocs = plot_roc(normal_scores, anomalous_scores, out)
         report.metrics["auroc"] = aurocs
-        report.metrics["tpr_at_alpha"] = {n: float(np.mean(anomalous_scores[n] > thresholds[n]))
-                                          for n in anomalous_scores}
+        report.metrics["tpr_at_alpha"] = {
+            n: float(np.mean(anomalous_scores[n] > thresholds[n])) for n in anomalous_scores
+        }
         report.figures.append(Plot(name, "ROC curves", "Normal against anomalous, every score."))
     else:
-        report.omitted.append("ROC curves: no anomalous images (give --anomalous SPEC, or labelled "
-                              "data with normal classes)")
+        report.omitted.append(
+            "ROC curves: no anomalous images (give --anomalous SPEC, or labelled "
+            "data with normal classes)"
+        )
     references = {n: detector.reference(n) for n in normal_scores}
     name, measured = plot_calibration(normal_scores, references, alpha, out)
     report.metrics["fpr_at_alpha"] = measured
-    report.figures.append(Plot(
-        name, "Calibration",
-        f"Share of the normal images flagged (p-value <= alpha) against alpha, log-log (a share "
-        f"of 0 is drawn at the thin line). Conformal "
-        f"p-values promise at most alpha on normal images the model has not seen (calibrated on "
-        f"{detector.metadata['calibration'].get('n_reference')} held-out images); if these images "
-        f"were used in training, the measured rate is optimistic."))
+    report.figures.append(
+        Plot(
+            name,
+            "Calibration",
+            "Share of the normal images flagged (p-value <= alpha) against alpha, log-log "
+            "(a share of 0 is drawn at the thin line). Conformal p-values promise at most "
+            "alpha on normal images the model has not seen (calibrated on "
+            f"{detector.metadata['calibration'].get('n_reference')} held-out images); if "
+            "these images were used in training, the measured rate is optimistic.",
+        )
+    )
 
 
 # --- the page ------------------------------------------------------------------------------------
 def _table(rows: list[tuple[str, str]]) -> str:
-    cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
-                    for k, v in rows)
+    cells = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows
+    )
     return f"<table>{cells}</table>"
 
 
@@ -361,11 +428,15 @@ def _metric_table(metrics: dict) -> str:
     header = "<tr><th>score</th><th>FPR at alpha</th><th>TPR at alpha</th><th>AUROC</th></tr>"
     body = ""
     for name in names:
+
         def cell(key, name=name):
             value = metrics.get(key, {}).get(name)
             return "" if value is None else f"{value:.3f}"
-        body += (f"<tr><td>{html.escape(name)}</td><td>{cell('fpr_at_alpha')}</td>"
-                 f"<td>{cell('tpr_at_alpha')}</td><td>{cell('auroc')}</td></tr>")
+
+        body += (
+            f"<tr><td>{html.escape(name)}</td><td>{cell('fpr_at_alpha')}</td>"
+            f"<td>{cell('tpr_at_alpha')}</td><td>{cell('auroc')}</td></tr>"
+        )
     return f"<table>{header}{body}</table>"
 
 
@@ -376,15 +447,20 @@ figure{margin:1.5em 0}img{max-width:100%}figcaption{color:#555;font-size:0.9em}"
 
 
 def write_page(report: Report, title: str, facts: list[tuple[str, str]]) -> None:
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>", _table(facts)]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+        _table(facts),
+    ]
     metrics = _metric_table(report.metrics)
     if metrics:
         parts.append(f"<h2>Detection at alpha = {report.metrics['alpha']:g}</h2>{metrics}")
     for figure in report.figures:
-        parts.append(f"<figure><h2>{html.escape(figure.title)}</h2><img src='{figure.file}' "
-                     f"alt='{html.escape(figure.title)}'><figcaption>{html.escape(figure.caption)}"
-                     "</figcaption></figure>")
+        parts.append(
+            f"<figure><h2>{html.escape(figure.title)}</h2><img src='{figure.file}' "
+            f"alt='{html.escape(figure.title)}'><figcaption>{html.escape(figure.caption)}"
+            "</figcaption></figure>"
+        )
     if report.omitted:
         items = "".join(f"<li>{html.escape(text)}</li>" for text in report.omitted)
         parts.append(f"<h2>Left out</h2><ul>{items}</ul>")
@@ -392,9 +468,18 @@ def write_page(report: Report, title: str, facts: list[tuple[str, str]]) -> None
     report.page.write_text("\n".join(parts))
 
 
-def make_report(source: str | Path, normal: ImageSet, out: str | Path, *,
-                anomalous: ImageSet | None = None, alpha: float | None = None, n_samples: int = 64,
-                seed: int = 0, device: str = "cpu", progress: bool = True) -> Report:
+def make_report(
+    source: str | Path,
+    normal: ImageSet,
+    out: str | Path,
+    *,
+    anomalous: ImageSet | None = None,
+    alpha: float | None = None,
+    n_samples: int = 64,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> Report:
     """Write `out/index.html`, its PNG figures and `report.json` for a bundle or checkpoint."""
     bundle_path, checkpoint_path = find_artifacts(source)
     out = Path(out)
@@ -405,8 +490,9 @@ def make_report(source: str | Path, normal: ImageSet, out: str | Path, *,
     if checkpoint_path:
         kind, model, checkpoint = model_from_checkpoint(checkpoint_path)
     else:
-        report.omitted.append("samples and reconstructions: no checkpoint "
-                              f"{Path(source).with_suffix('.pt')}")
+        report.omitted.append(
+            f"samples and reconstructions: no checkpoint {Path(source).with_suffix('.pt')}"
+        )
     kind = kind or bundle.kind
     classes = None  # a conditional model's classes: the bundle's, else every class of the model
     if bundle and bundle.metadata.get("labels"):
@@ -414,58 +500,94 @@ def make_report(source: str | Path, normal: ImageSet, out: str | Path, *,
     elif model is not None and model.cfg.num_classes:
         classes = list(range(model.cfg.num_classes))
 
-    history = (checkpoint["history"] if checkpoint
-               else bundle.metadata.get("training", {}).get("history"))
+    history = (
+        checkpoint["history"] if checkpoint else bundle.metadata.get("training", {}).get("history")
+    )
     steps = ["history", "generated", "scores"]
     bar = tqdm(steps, desc="report", unit="part", disable=not progress)
     for step in bar:
         bar.set_postfix_str(step)
         if step == "history":
             if history:
-                report.figures.append(Plot(plot_history(history, out), "Training",
-                                             "Mean bits/dim per epoch on the training batches and "
-                                             "the validation split (lower is better)."))
+                report.figures.append(
+                    Plot(
+                        plot_history(history, out),
+                        "Training",
+                        "Mean bits/dim per epoch on the training batches and "
+                        "the validation split (lower is better).",
+                    )
+                )
             else:
                 report.omitted.append("training curve: no history in the checkpoint or bundle")
         elif step == "generated" and model is not None:
-            generated_figures(kind, model, normal, out, report, classes=classes,
-                              n_samples=n_samples, seed=seed, device=resolve_device(device),
-                              progress=progress)
+            generated_figures(
+                kind,
+                model,
+                normal,
+                out,
+                report,
+                classes=classes,
+                n_samples=n_samples,
+                seed=seed,
+                device=resolve_device(device),
+                progress=progress,
+            )
         elif step == "scores":
             if bundle is None:
-                report.omitted.append(f"scores, ROC and calibration: no bundle "
-                                      f"{Path(source).with_suffix('.onnx')}")
+                report.omitted.append(
+                    f"scores, ROC and calibration: no bundle {Path(source).with_suffix('.onnx')}"
+                )
             elif not bundle.is_calibrated():
                 report.omitted.append("scores, ROC and calibration: the bundle is not calibrated")
             else:
                 detector = Detector(bundle, device="cpu")
-                score_figures(detector, normal, anomalous, out, report,
-                              alpha=detector.default_alpha if alpha is None else alpha, seed=seed,
-                              progress=progress)
+                score_figures(
+                    detector,
+                    normal,
+                    anomalous,
+                    out,
+                    report,
+                    alpha=detector.default_alpha if alpha is None else alpha,
+                    seed=seed,
+                    progress=progress,
+                )
 
     meta = bundle.metadata if bundle else {"model": {"hyperparameters": checkpoint["model_config"]}}
     training = meta.get("training", {})
-    facts = [("model", kind), ("source", str(source)),
-             ("hyperparameters", json.dumps(meta["model"].get("hyperparameters", {}))),
-             ("normal images", f"{len(normal)} from {normal.source}"),
-             ("anomalous images", report.metrics.get("anomalous") or "none")]
+    facts = [
+        ("model", kind),
+        ("source", str(source)),
+        ("hyperparameters", json.dumps(meta["model"].get("hyperparameters", {}))),
+        ("normal images", f"{len(normal)} from {normal.source}"),
+        ("anomalous images", report.metrics.get("anomalous") or "none"),
+    ]
     if bundle:
-        facts += [("bundle version", bundle.version), ("default score", meta["default_score"]),
-                  ("trained on", str(training.get("data"))),
-                  ("epochs", str(training.get("epochs"))),
-                  ("validation bits/dim",
-                   f"{training.get('validation_bits_per_dim_onnx', float('nan')):.4f}")]
+        facts += [
+            ("bundle version", bundle.version),
+            ("default score", meta["default_score"]),
+            ("trained on", str(training.get("data"))),
+            ("epochs", str(training.get("epochs"))),
+            (
+                "validation bits/dim",
+                f"{training.get('validation_bits_per_dim_onnx', float('nan')):.4f}",
+            ),
+        ]
         if meta.get("labels"):
             facts.append(("conditional", f"yes: classes {meta['labels']['classes']}"))
     write_page(report, f"normalcy report: {Path(source).stem}", facts)
-    summary = {"page": str(report.page), "figures": [f.__dict__ for f in report.figures],
-               "metrics": report.metrics, "omitted": report.omitted}
+    summary = {
+        "page": str(report.page),
+        "figures": [f.__dict__ for f in report.figures],
+        "metrics": report.metrics,
+        "omitted": report.omitted,
+    }
     (out / "report.json").write_text(json.dumps(summary, indent=2))
     return report
 
 
-def split_normal_anomalous(data: ImageSet, normal_classes: list[int] | None
-                           ) -> tuple[ImageSet, ImageSet | None]:
+def split_normal_anomalous(
+    data: ImageSet, normal_classes: list[int] | None
+) -> tuple[ImageSet, ImageSet | None]:
     """Labelled data with normal classes -> (normal, the rest); otherwise (data, None)."""
     if not normal_classes or data.labels is None:
         return data, None
@@ -480,9 +602,17 @@ def _at_most(data: ImageSet | None, n: int, seed: int) -> ImageSet | None:
     return data.select(np.sort(np.random.default_rng(seed).choice(len(data), n, replace=False)))
 
 
-def report_from_specs(source: str | Path, data: str, out: str | Path, *,
-                      anomalous: str | None = None, normal_classes: list[int] | None = None,
-                      max_images: int = 2000, seed: int = 0, **kwargs) -> Report:
+def report_from_specs(
+    source: str | Path,
+    data: str,
+    out: str | Path,
+    *,
+    anomalous: str | None = None,
+    normal_classes: list[int] | None = None,
+    max_images: int = 2000,
+    seed: int = 0,
+    **kwargs,
+) -> Report:
     """`normalcy report`: load the data specs, split labelled data into normal classes and the
     rest (the bundle's training classes unless told), and write the report."""
     from detectors.datasets import load
@@ -501,8 +631,14 @@ def report_from_specs(source: str | Path, data: str, out: str | Path, *,
         normal, rest = split_normal_anomalous(images, normal_classes)
     if anomalous:
         rest = load(anomalous)
-    return make_report(source, _at_most(normal, max_images, seed), out,
-                       anomalous=_at_most(rest, max_images, seed), seed=seed, **kwargs)
+    return make_report(
+        source,
+        _at_most(normal, max_images, seed),
+        out,
+        anomalous=_at_most(rest, max_images, seed),
+        seed=seed,
+        **kwargs,
+    )
 
 
 def report_after_training(job) -> Report:
@@ -516,12 +652,22 @@ def report_after_training(job) -> Report:
     from .train import TrainConfig
 
     cfg = job.train or TrainConfig()
-    splits = split(prepare_data(job.data, job.normal_classes), seed=cfg.seed,
-                   validation=job.validation, calibration=job.calibration)
+    splits = split(
+        prepare_data(job.data, job.normal_classes),
+        seed=cfg.seed,
+        validation=job.validation,
+        calibration=job.calibration,
+    )
     anomalous = None
     if job.normal_classes and not cfg.conditional:
         _, anomalous = split_normal_anomalous(load(job.data), job.normal_classes)
     out = Path(job.out)
-    return make_report(out, splits.validation, out.with_name(out.stem + "-report"),
-                       anomalous=_at_most(anomalous, 2000, cfg.seed), alpha=job.alpha,
-                       seed=cfg.seed, progress=job.progress)
+    return make_report(
+        out,
+        splits.validation,
+        out.with_name(out.stem + "-report"),
+        anomalous=_at_most(anomalous, 2000, cfg.seed),
+        alpha=job.alpha,
+        seed=cfg.seed,
+        progress=job.progress,
+    )

@@ -45,7 +45,9 @@ class TrainConfig:
 class TrainResult:
     epochs: int  # epochs completed (a budget stop counts the partial epoch)
     best_validation_bits_per_dim: float
-    history: list[dict] = field(default_factory=list)  # per epoch: train/validation bits/dim, seconds
+    history: list[dict] = field(
+        default_factory=list
+    )  # per epoch: train/validation bits/dim, seconds
     stopped: str = "epochs"  # epochs | early_stopping | budget
 
 
@@ -109,9 +111,15 @@ class Objective(nn.Module):
 
 
 @torch.no_grad()
-def evaluate_bits_per_dim(model: nn.Module, data: ImageSet, *, batch_size: int = 256,
-                          device: torch.device | str = "cpu", conditional: bool = False,
-                          world: distributed.World | None = None) -> float:
+def evaluate_bits_per_dim(
+    model: nn.Module,
+    data: ImageSet,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    conditional: bool = False,
+    world: distributed.World | None = None,
+) -> float:
     """Mean bits/dim of `model` over `data` (exact for the PixelCNN, one-sample bound for the VAE).
 
     With a distributed `world`, each rank scores its share and the sums are added over the ranks,
@@ -122,7 +130,7 @@ def evaluate_bits_per_dim(model: nn.Module, data: ImageSet, *, batch_size: int =
     rows = torch.arange(world.rank, len(images), world.world_size)
     total = 0.0
     for start in range(0, len(rows), batch_size):
-        index = rows[start:start + batch_size]
+        index = rows[start : start + batch_size]
         x = images[index].to(device)
         y = labels[index].to(device) if conditional else None
         total += objective(model, x, y).double().sum().item()
@@ -130,9 +138,17 @@ def evaluate_bits_per_dim(model: nn.Module, data: ImageSet, *, batch_size: int =
     return total / count
 
 
-def fit(kind: str, model_config: dict, splits: Splits, cfg: TrainConfig, *,
-        checkpoint: str | Path | None = None, resume: bool = False, progress: bool = True,
-        extra: dict | None = None) -> tuple[nn.Module, TrainResult]:
+def fit(
+    kind: str,
+    model_config: dict,
+    splits: Splits,
+    cfg: TrainConfig,
+    *,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    extra: dict | None = None,
+) -> tuple[nn.Module, TrainResult]:
     """Train a model of `kind` on splits.train, validating on splits.validation each epoch.
 
     With `checkpoint`, the state is saved after every epoch; with `resume`, training continues
@@ -169,8 +185,13 @@ def fit(kind: str, model_config: dict, splits: Splits, cfg: TrainConfig, *,
         model.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        state.update(epoch=ckpt["epoch"], history=ckpt["history"], best_val=ckpt["best_val"],
-                     best_state=ckpt["best_state_dict"], bad_epochs=ckpt["bad_epochs"])
+        state.update(
+            epoch=ckpt["epoch"],
+            history=ckpt["history"],
+            best_val=ckpt["best_val"],
+            best_state=ckpt["best_state_dict"],
+            bad_epochs=ckpt["bad_epochs"],
+        )
         torch.set_rng_state(ckpt["rng"])
 
     use_amp = device.type == "cuda"
@@ -180,13 +201,20 @@ def fit(kind: str, model_config: dict, splits: Splits, cfg: TrainConfig, *,
     while state["epoch"] < cfg.epochs and stopped == "epochs":
         model.train()
         epoch_start = time.monotonic()
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed + state["epoch"]))
+        order = torch.randperm(
+            len(images), generator=torch.Generator().manual_seed(cfg.seed + state["epoch"])
+        )
         order = distributed.shard(order, world)  # one permutation on every rank, cut in shards
         losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"{kind} epoch {state['epoch'] + 1}/{cfg.epochs}",
-                   disable=not progress, leave=False, unit="batch")
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"{kind} epoch {state['epoch'] + 1}/{cfg.epochs}",
+            disable=not progress,
+            leave=False,
+            unit="batch",
+        )
         for step in bar:
-            index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            index = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             x = images[index].to(device)
             y = labels[index].to(device) if cfg.conditional else None
             if cfg.perturb_rate > 0:
@@ -205,26 +233,38 @@ def fit(kind: str, model_config: dict, splits: Splits, cfg: TrainConfig, *,
             if cfg.max_minutes is not None and clock.elapsed() > 60 * cfg.max_minutes:
                 stopped = "budget"
                 break
-        val = evaluate_bits_per_dim(model, splits.validation, device=device,
-                                    conditional=cfg.conditional, world=world)
+        val = evaluate_bits_per_dim(
+            model, splits.validation, device=device, conditional=cfg.conditional, world=world
+        )
         loss_sum, loss_count = distributed.all_sum([float(np.sum(losses)), len(losses)], world)
         state["epoch"] += 1
-        state["history"].append({"epoch": state["epoch"],
-                                 "train_bits_per_dim": loss_sum / loss_count,
-                                 "validation_bits_per_dim": val,
-                                 "seconds": time.monotonic() - epoch_start})
+        state["history"].append(
+            {
+                "epoch": state["epoch"],
+                "train_bits_per_dim": loss_sum / loss_count,
+                "validation_bits_per_dim": val,
+                "seconds": time.monotonic() - epoch_start,
+            }
+        )
         if progress:
-            tqdm.write(f"{kind} epoch {state['epoch']}: train {loss_sum / loss_count:.4f} "
-                       f"validation {val:.4f} bits/dim")
+            tqdm.write(
+                f"{kind} epoch {state['epoch']}: train {loss_sum / loss_count:.4f} "
+                f"validation {val:.4f} bits/dim"
+            )
         if val < state["best_val"]:
-            state.update(best_val=val, bad_epochs=0,
-                         best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+            state.update(
+                best_val=val,
+                bad_epochs=0,
+                best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            )
         else:
             state["bad_epochs"] += 1
             if state["bad_epochs"] >= cfg.patience and stopped == "epochs":
                 stopped = "early_stopping"
         if checkpoint and world.is_main:
-            save_checkpoint(checkpoint, kind, model_config, cfg, model, optimizer, scheduler, state, extra)
+            save_checkpoint(
+                checkpoint, kind, model_config, cfg, model, optimizer, scheduler, state, extra
+            )
 
     if state["best_state"] is not None:  # None only if every validation score was NaN
         model.load_state_dict(state["best_state"])

@@ -27,7 +27,7 @@ spec:
 
 def render(rules_text: str) -> str:
     """The PrometheusRule text: the rules file from `groups:` on, indented under spec."""
-    body = rules_text[rules_text.index("groups:"):]
+    body = rules_text[rules_text.index("groups:") :]
     return HEADER + "".join("  " + line if line.strip() else line for line in body.splitlines(True))
 
 

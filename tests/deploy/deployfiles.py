@@ -15,8 +15,10 @@ RULES = DEPLOY / "prometheus" / "rules" / "normalcy.rules.yml"
 RULE_TESTS = DEPLOY / "prometheus" / "tests" / "normalcy.rules.test.yml"
 SCRAPE_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "normalcy.json"
-DOCKERFILES = {"cpu": DEPLOY / "docker" / "Dockerfile",
-               "cuda": DEPLOY / "docker" / "Dockerfile.cuda"}
+DOCKERFILES = {
+    "cpu": DEPLOY / "docker" / "Dockerfile",
+    "cuda": DEPLOY / "docker" / "Dockerfile.cuda",
+}
 
 
 def load_yaml(path: Path):
@@ -109,7 +111,7 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
 
 def final_stage(instructions: list[tuple[str, str]]) -> list[tuple[str, str]]:
     starts = [i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM"]
-    return instructions[starts[-1]:]
+    return instructions[starts[-1] :]
 
 
 def exec_form(arguments: str) -> list[str]:
@@ -138,4 +140,4 @@ def option(argv: list[str], name: str) -> str:
 
 def healthcheck(variant: str = "cpu") -> list[str]:
     (line,) = final_stage_by_keyword(variant)["HEALTHCHECK"]
-    return exec_form(line[line.index(" CMD ") + len(" CMD "):])
+    return exec_form(line[line.index(" CMD ") + len(" CMD ") :])

@@ -59,23 +59,32 @@ def test_image_installs_no_torch(variant):
     for extra in extras[0].split(","):
         requirements += project["optional-dependencies"][extra]
     assert not [r for r in requirements if re.match(r"torch\b", r)]
-    copied = [args.split()[0] for keyword, args in dockerfile_instructions(DOCKERFILES[variant])
-              if keyword == "COPY" and not args.startswith("--")]
+    copied = [
+        args.split()[0]
+        for keyword, args in dockerfile_instructions(DOCKERFILES[variant])
+        if keyword == "COPY" and not args.startswith("--")
+    ]
     assert "training" not in copied
 
 
 def test_cuda_image_uses_onnxruntime_gpu_pinned_in_constraints():
     assert "'.[gpu]'" in DOCKERFILES["cuda"].read_text()
     assert "'.[cpu]'" in DOCKERFILES["cpu"].read_text()
-    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
-                if "==" in line and not line.startswith("#"))
+    pins = dict(
+        line.split("==")
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
     assert "onnxruntime-gpu" in pins, "the CUDA image must be reproducible too"
 
 
 @pytest.mark.parametrize("variant", DOCKERFILES)
 def test_every_file_the_image_copies_exists_and_is_in_the_build_context(variant):
-    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")]
+    ignored = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     for keyword, arguments in dockerfile_instructions(DOCKERFILES[variant]):
         if keyword != "COPY" or arguments.startswith("--from"):
             continue
@@ -160,8 +169,10 @@ def test_compose_prometheus_loads_this_config_and_scrapes_the_service():
     prometheus = load_yaml(COMPOSE)["services"]["prometheus"]
     mounts = dict(_mount(volume) for volume in prometheus["volumes"])
     assert (DOCKER / "../prometheus").resolve() == SCRAPE_CONFIG.parent
-    assert "--config.file=" + mounts["../prometheus"] + "/" + SCRAPE_CONFIG.name \
+    assert (
+        "--config.file=" + mounts["../prometheus"] + "/" + SCRAPE_CONFIG.name
         in prometheus["command"]
+    )
     (job,) = [j for j in load_yaml(SCRAPE_CONFIG)["scrape_configs"] if j["job_name"] == "normalcy"]
     (target,) = job["static_configs"][0]["targets"]
     assert target == f"normalcy:{option(image_command(), '--port')}"
@@ -179,8 +190,9 @@ def test_compose_env_example_holds_only_real_settings():
     from service.settings import Settings
 
     lines = (DOCKER / "normalcy.env.example").read_text().splitlines()
-    values = dict(line.lstrip("# ").split("=", 1) for line in lines
-                  if re.match(r"#? ?NORMALCY_", line))
+    values = dict(
+        line.lstrip("# ").split("=", 1) for line in lines if re.match(r"#? ?NORMALCY_", line)
+    )
     fields = {f"NORMALCY_{name.upper()}" for name in Settings.model_fields}
     assert set(values) - fields == set()
 
@@ -233,11 +245,17 @@ def _modules_not_in_image(extras: list[str]) -> list[str]:
         if module.isidentifier() and not {canonicalize_name(d) for d in dists} & keep:
             modules.add(module)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    other = {canonicalize_name(Requirement(r).name)
-             for e, reqs in project["optional-dependencies"].items() if e not in extras
-             for r in reqs}
-    return sorted(m for m in modules
-                  if {canonicalize_name(d) for d in metadata.packages_distributions()[m]} & other)
+    other = {
+        canonicalize_name(Requirement(r).name)
+        for e, reqs in project["optional-dependencies"].items()
+        if e not in extras
+        for r in reqs
+    }
+    return sorted(
+        m
+        for m in modules
+        if {canonicalize_name(d) for d in metadata.packages_distributions()[m]} & other
+    )
 
 
 def test_image_command_serves_without_torch_until_its_health_check_passes(vae_bundle, tmp_path):
@@ -252,14 +270,16 @@ def test_image_command_serves_without_torch_until_its_health_check_passes(vae_bu
     for module in blocked:
         (blockers / module).mkdir(parents=True)
         (blockers / module / "__init__.py").write_text(
-            f"raise ImportError('{module} is not in the serving image')\n")
+            f"raise ImportError('{module} is not in the serving image')\n"
+        )
     env = {k: v for k, v in os.environ.items() if not k.startswith("NORMALCY_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(blockers), env.get("PYTHONPATH")]))
     port = _free_port()
     command = _local(image_command(), port, models)
     check = _local(healthcheck(), port, models)
-    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
+    server = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         deadline = time.monotonic() + 90
         while True:

@@ -60,8 +60,11 @@ def test_queries_use_the_datasource_variable_and_only_defined_variables():
     assert {"datasource", "model"} <= defined
     for panel, target in TARGETS:
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
-        used = set(re.findall(r"\$(\w+)", target["expr"])) - {"__rate_interval", "__interval",
-                                                              "__range"}
+        used = set(re.findall(r"\$(\w+)", target["expr"])) - {
+            "__rate_interval",
+            "__interval",
+            "__range",
+        }
         assert used <= defined, f"{panel['title']!r} uses undefined variables {used - defined}"
 
 
@@ -74,12 +77,19 @@ def test_model_variable_lists_the_models_in_service():
 
 def test_every_query_is_valid_promql(promtool, tmp_path):
     # promtool has no "check this expression"; a recording rule per query gets the same parser.
-    rules = [{"record": f"panel:query_{i}", "expr": promql(target["expr"])}
-             for i, (_, target) in enumerate(TARGETS)]
+    rules = [
+        {"record": f"panel:query_{i}", "expr": promql(target["expr"])}
+        for i, (_, target) in enumerate(TARGETS)
+    ]
     path = tmp_path / "panels.rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "panels", "rules": rules}]}))
-    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True,
-                            timeout=120, check=False)
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -107,8 +117,9 @@ def test_datasource_provisioning_matches_the_dashboard_default():
     (source,) = sources
     assert source["type"] == "prometheus"
     assert source["url"] == "http://prometheus:9090"  # the compose service name and port
-    variable = next(var for var in load_dashboard()["templating"]["list"]
-                    if var["name"] == "datasource")
+    variable = next(
+        var for var in load_dashboard()["templating"]["list"] if var["name"] == "datasource"
+    )
     assert variable["query"] == "prometheus"
     assert variable["current"]["value"] == source["uid"]
 

@@ -40,10 +40,15 @@ def strategic_merge(base, patch):
     """Enough of kubectl's strategic merge for these patches: maps merge, lists of named items merge
     by name, other lists are replaced."""
     if isinstance(base, dict) and isinstance(patch, dict):
-        return {**base, **{k: strategic_merge(base[k], v) if k in base else v
-                           for k, v in patch.items()}}
-    named = isinstance(base, list) and isinstance(patch, list) and all(
-        isinstance(item, dict) and "name" in item for item in base + patch)
+        return {
+            **base,
+            **{k: strategic_merge(base[k], v) if k in base else v for k, v in patch.items()},
+        }
+    named = (
+        isinstance(base, list)
+        and isinstance(patch, list)
+        and all(isinstance(item, dict) and "name" in item for item in base + patch)
+    )
     if named:
         merged = {item["name"]: item for item in base}
         for item in patch:
@@ -72,22 +77,31 @@ VARIANTS = ["base", "gpu"]
 
 def test_every_manifest_is_listed_and_parses():
     listed = load_yaml(BASE / "kustomization.yaml")["resources"]
-    assert sorted(listed) == sorted(p.name for p in BASE.glob("*.yaml")
-                                    if p.name != "kustomization.yaml")
+    assert sorted(listed) == sorted(
+        p.name for p in BASE.glob("*.yaml") if p.name != "kustomization.yaml"
+    )
     for path in K8S.rglob("*.yaml"):
         for doc in load_yaml_documents(path):
             assert doc.get("apiVersion"), path
             assert doc.get("kind"), path
     overlay = load_yaml(GPU / "kustomization.yaml")
     assert overlay["resources"] == ["../base"]
-    assert {p["path"] for p in overlay["patches"]} == {p.name for p in GPU.glob("*.yaml")
-                                                        if p.name != "kustomization.yaml"}
+    assert {p["path"] for p in overlay["patches"]} == {
+        p.name for p in GPU.glob("*.yaml") if p.name != "kustomization.yaml"
+    }
 
 
 def test_base_has_what_a_production_deployment_needs():
     assert set(_base_objects()) == {
-        "ConfigMap", "PersistentVolumeClaim", "Deployment", "Service", "HorizontalPodAutoscaler",
-        "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule"}
+        "ConfigMap",
+        "PersistentVolumeClaim",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "ServiceMonitor",
+        "PrometheusRule",
+    }
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -139,8 +153,9 @@ def test_gpu_variant_asks_for_a_gpu_and_runs_the_cuda_image():
     assert "nvidia.com/gpu" not in container("base")["resources"]["limits"]
     assert int(container("gpu")["resources"]["limits"]["nvidia.com/gpu"]) == 1
     pod = objects("gpu")["Deployment"]["spec"]["template"]["spec"]
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} \
-        in pod["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
     image_name = container("base")["image"].split(":")[0]
     images = load_yaml(GPU / "kustomization.yaml")["images"]
     assert {"name": image_name, "newTag": "cuda"} in images
@@ -155,8 +170,10 @@ def test_models_come_read_only_from_the_claimed_volume(variant):
     models = mounts[option(image_command(), "--models")]
     assert models["readOnly"] is True
     volume = next(v for v in pod["volumes"] if v["name"] == models["name"])
-    assert volume["persistentVolumeClaim"]["claimName"] == \
-        found["PersistentVolumeClaim"]["metadata"]["name"]
+    assert (
+        volume["persistentVolumeClaim"]["claimName"]
+        == found["PersistentVolumeClaim"]["metadata"]["name"]
+    )
     # A read-only root filesystem still needs a writable /tmp.
     assert "/tmp" in mounts
 
@@ -170,8 +187,10 @@ def test_service_and_budget_select_the_pods_and_reach_the_named_port():
     (port,) = service["ports"]
     assert port["targetPort"] == "http"
     assert port["port"] == int(option(image_command(), "--port"))
-    assert found["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() \
+    assert (
+        found["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items()
         <= pod_labels.items()
+    )
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -207,8 +226,9 @@ def test_prometheus_rule_is_the_rules_file():
     finally:
         sys.path.remove(str(K8S))
     assert Path(TARGET) == BASE / "prometheusrule.yaml"
-    assert TARGET.read_text() == render(RULES.read_text()), \
+    assert TARGET.read_text() == render(RULES.read_text()), (
         "run: python deploy/k8s/make_prometheusrule.py"
+    )
     assert objects("base")["PrometheusRule"]["spec"]["groups"] == load_yaml(RULES)["groups"]
 
 

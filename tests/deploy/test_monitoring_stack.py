@@ -83,10 +83,23 @@ def service(vae_bundle, tmp_path):
     shutil.copy(vae_bundle, models / f"{MODEL}.onnx")
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NORMALCY_")}
-    command = [str(Path(sys.executable).parent / "normalcy"), "serve", "--models", str(models),
-               "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(command, env={**env, **SERVICE_ENV}, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    command = [
+        str(Path(sys.executable).parent / "normalcy"),
+        "serve",
+        "--models",
+        str(models),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    process = subprocess.Popen(
+        command,
+        env={**env, **SERVICE_ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_for(f"{url}/v2/health/ready", process, "normalcy serve")
@@ -110,9 +123,13 @@ def prometheus(prometheus_binary, service, tmp_path):
         job.pop("scrape_timeout", None)
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
-    command = [prometheus_binary, f"--config.file={path}",
-               f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-               f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
+    command = [
+        prometheus_binary,
+        f"--config.file={path}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -133,16 +150,21 @@ def _has_finite_value(result: list[dict]) -> bool:
 
 
 def _score(url: str, images: np.ndarray) -> httpx.Response:
-    return httpx.post(f"{url}/v1/models/{MODEL}/score", json={"images": images.tolist()},
-                      timeout=30)
+    return httpx.post(
+        f"{url}/v1/models/{MODEL}/score", json={"images": images.tolist()}, timeout=30
+    )
 
 
 def _traffic(url: str, normal: np.ndarray, anomalous: np.ndarray, rng: np.random.Generator) -> None:
     """One round: a few normal images, a few noise images, one request of each kind of mistake."""
     for images in (normal[rng.choice(len(normal), 8, replace=False)], anomalous[:4]):
         assert _score(url, images).status_code == 200
-    assert httpx.post(f"{url}/v1/models/no-such-model/score", json={"images": []},
-                      timeout=10).status_code == 404
+    assert (
+        httpx.post(
+            f"{url}/v1/models/no-such-model/score", json={"images": []}, timeout=10
+        ).status_code
+        == 404
+    )
     assert _score(url, np.zeros((1, 3, 3), np.uint8)).status_code == 400
 
 
@@ -168,14 +190,15 @@ def _new_version(models: Path) -> None:
     write_bundle(bundle.model_bytes, metadata, models / f"{MODEL}.onnx")
 
 
-def test_every_dashboard_query_returns_data_from_the_live_service(service, prometheus,
-                                                                   digits_test):
+def test_every_dashboard_query_returns_data_from_the_live_service(service, prometheus, digits_test):
     url, _, models = service
     normal = digits_test.images[np.isin(digits_test.labels, [0, 1, 2, 3, 4])]
     rng = np.random.default_rng(0)
     anomalous = rng.integers(0, 256, size=(16, *normal.shape[1:]), dtype=np.uint8)
-    missing = {f"{panel['title']}/{target['refId']}": promql(target["expr"])
-               for panel, target in dashboard_targets(load_dashboard())}
+    missing = {
+        f"{panel['title']}/{target['refId']}": promql(target["expr"])
+        for panel, target in dashboard_targets(load_dashboard())
+    }
     _traffic(url, normal, anomalous, rng)
     _shed(url, normal)
     _new_version(models)
@@ -195,13 +218,14 @@ def test_every_dashboard_query_returns_data_from_the_live_service(service, prome
         assert (f"{family}_bucket" if kind == "histogram" else family) in names
 
 
-def test_metrics_through_prometheus_match_the_traffic_and_the_rules_evaluate(service, prometheus,
-                                                                              digits_test):
+def test_metrics_through_prometheus_match_the_traffic_and_the_rules_evaluate(
+    service, prometheus, digits_test
+):
     url, _, models = service
     normal = digits_test.images[np.isin(digits_test.labels, [0, 1, 2, 3, 4])][:40]
     noise = np.random.default_rng(1).integers(0, 256, size=(20, *normal.shape[1:]), dtype=np.uint8)
     for start in range(0, len(normal), 8):
-        assert _score(url, normal[start:start + 8]).status_code == 200
+        assert _score(url, normal[start : start + 8]).status_code == 200
     flagged = _score(url, noise[:8]).json()
     (models / "broken.onnx").write_bytes(b"this is not an ONNX file")
 
@@ -210,10 +234,16 @@ def test_metrics_through_prometheus_match_the_traffic_and_the_rules_evaluate(ser
     while True:
         scored = _query(prometheus, f'sum(normalcy_images_scored_total{{model="{MODEL}"}})')
         alerts = httpx.get(f"{prometheus}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
-        firing = {(a["labels"]["alertname"], a["labels"].get("model")) for a in alerts
-                  if a["state"] == "firing"}
-        done = scored and float(scored[0]["value"][1]) == len(normal) + 8 \
+        firing = {
+            (a["labels"]["alertname"], a["labels"].get("model"))
+            for a in alerts
+            if a["state"] == "firing"
+        }
+        done = (
+            scored
+            and float(scored[0]["value"][1]) == len(normal) + 8
             and ("NormalcyModelLoadFailed", "broken") in firing
+        )
         if done or time.monotonic() > deadline:
             break
         time.sleep(1)
@@ -227,6 +257,9 @@ def test_metrics_through_prometheus_match_the_traffic_and_the_rules_evaluate(ser
     assert len(rules) == sum(len(g["rules"]) for g in load_yaml(RULES)["groups"])
     assert [r["name"] for r in rules if r["health"] != "ok"] == []
     # The dashboard's model variable, as Grafana would ask for it.
-    values = httpx.get(f"{prometheus}/api/v1/label/model/values",
-                       params={"match[]": "normalcy_model_info"}, timeout=10).json()["data"]
+    values = httpx.get(
+        f"{prometheus}/api/v1/label/model/values",
+        params={"match[]": "normalcy_model_info"},
+        timeout=10,
+    ).json()["data"]
     assert values == [MODEL]

@@ -21,8 +21,9 @@ from .deployfiles import (
 
 
 def _promtool(promtool: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([promtool, *args], capture_output=True, text=True, timeout=120,
-                          check=False)
+    return subprocess.run(
+        [promtool, *args], capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def test_scrape_configuration_is_valid(promtool):
@@ -83,8 +84,9 @@ def test_rules_cover_what_an_operator_of_a_detector_needs():
     for what, metrics in needed.items():
         assert any(metrics <= used for used in reads.values()), f"no alert on {what}"
     assert any('code=~"5.."' in expr for expr in exprs.values()), "no alert on the error rate"
-    assert any(re.search(r'\bup\{job="normalcy"\} == 0', expr) for expr in exprs.values()), \
+    assert any(re.search(r'\bup\{job="normalcy"\} == 0', expr) for expr in exprs.values()), (
         "no alert on a target that is down"
+    )
 
 
 def test_scrape_job_is_the_one_the_rules_select():
@@ -96,6 +98,6 @@ def test_scrape_job_is_the_one_the_rules_select():
 
 def test_every_alert_is_explained_in_the_readme():
     readme = (ROOT / "README.md").read_text()
-    monitoring = readme[readme.index("## Monitoring"):]
+    monitoring = readme[readme.index("## Monitoring") :]
     missing = [rule["alert"] for rule in alert_rules() if rule["alert"] not in monitoring]
     assert missing == []

@@ -41,7 +41,9 @@ def test_metadata_props_read_by_onnxruntime_match(pixelcnn_bundle):
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(pixelcnn_bundle), providers=["CPUExecutionProvider"])
-    assert session.get_modelmeta().custom_metadata_map == read_metadata_props(pixelcnn_bundle.read_bytes())
+    assert session.get_modelmeta().custom_metadata_map == read_metadata_props(
+        pixelcnn_bundle.read_bytes()
+    )
 
 
 @pytest.mark.parametrize(
@@ -65,15 +67,21 @@ def test_bad_metadata_is_refused_with_a_clear_error(pixelcnn_bundle, tmp_path, c
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda m: (m["input"].update(height=9), m["heatmap"].update(mean=None, std=None)),
-         "disagrees with metadata"),
+        (
+            lambda m: (m["input"].update(height=9), m["heatmap"].update(mean=None, std=None)),
+            "disagrees with metadata",
+        ),
         (lambda m: m["scores"]["nll"].update(output="logits"), "outputs \\['logits'\\]"),
         (lambda m: m["input"].update(name="pixels"), "metadata names input 'pixels'"),
-        (lambda m: m.update(noise={"input": "noise", "samples": 1, "latent_dim": 2, "seed": 0}),
-         "graph inputs"),
+        (
+            lambda m: m.update(noise={"input": "noise", "samples": 1, "latent_dim": 2, "seed": 0}),
+            "graph inputs",
+        ),
     ],
 )
-def test_metadata_that_disagrees_with_the_graph_is_refused(pixelcnn_bundle, tmp_path, change, message):
+def test_metadata_that_disagrees_with_the_graph_is_refused(
+    pixelcnn_bundle, tmp_path, change, message
+):
     with pytest.raises(BundleError, match=message):
         Detector.load(_rewrite(pixelcnn_bundle, tmp_path, change), device="cpu")
 
@@ -85,8 +93,12 @@ def test_files_that_are_not_bundles_are_refused(pixelcnn_bundle, tmp_path):
     junk.write_bytes(b"\xff\xff\xff\xff not protobuf")
     plain = tmp_path / "plain.onnx"
     plain.write_bytes(with_metadata_props(pixelcnn_bundle.read_bytes(), {}))
-    for path, message in [(empty, "empty file"), (junk, "ONNX"), (plain, "not exported by normalcy"),
-                          (tmp_path / "missing.onnx", "cannot read")]:
+    for path, message in [
+        (empty, "empty file"),
+        (junk, "ONNX"),
+        (plain, "not exported by normalcy"),
+        (tmp_path / "missing.onnx", "cannot read"),
+    ]:
         with pytest.raises(BundleError, match=message):
             Bundle.read(path)
 
@@ -105,14 +117,18 @@ def test_a_damaged_graph_with_intact_metadata_is_refused(pixelcnn_bundle, tmp_pa
     graph = with_metadata_props(bundle.model_bytes, {})
     damaged = graph[: len(graph) // 2]  # the metadata alone cannot vouch for the file
     broken = tmp_path / "broken.onnx"
-    broken.write_bytes(with_metadata_props(b"", {METADATA_KEY: json.dumps(bundle.metadata)}) + damaged)
+    broken.write_bytes(
+        with_metadata_props(b"", {METADATA_KEY: json.dumps(bundle.metadata)}) + damaged
+    )
     with pytest.raises(BundleError):
         Detector.load(broken, device="cpu")
 
 
 def test_importing_detectors_does_not_import_torch():
-    code = "import sys, detectors, detectors.runtime, detectors.datasets, detectors.evaluation; " \
-           "sys.exit(1 if 'torch' in sys.modules else 0)"
+    code = (
+        "import sys, detectors, detectors.runtime, detectors.datasets, detectors.evaluation; "
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 

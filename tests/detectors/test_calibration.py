@@ -38,9 +38,15 @@ def test_false_positive_rate_is_at_most_alpha_over_many_seeds(alpha, n):
 def test_false_positive_rate_bound_holds_with_ties():
     # Integer scores tie often; counting ties as "at least as extreme" keeps the bound.
     rng = np.random.default_rng(1)
-    fprs = [np.mean(conformal_p_values(rng.integers(0, 5, 400),
-                                       reference_from_scores(rng.integers(0, 5, 99))) <= 0.1)
-            for _ in range(300)]
+    fprs = [
+        np.mean(
+            conformal_p_values(
+                rng.integers(0, 5, 400), reference_from_scores(rng.integers(0, 5, 99))
+            )
+            <= 0.1
+        )
+        for _ in range(300)
+    ]
     assert np.mean(fprs) <= 0.1
 
 
@@ -83,8 +89,9 @@ def test_alpha_for_threshold_flags_what_the_threshold_flags():
     scores = np.r_[rng.standard_normal(2000), reference]
     for threshold in reference[::7]:  # on the reference's grid: exactly the same images
         alpha = alpha_for_threshold(reference, threshold)
-        np.testing.assert_array_equal(conformal_p_values(scores, reference) <= alpha,
-                                      scores > threshold)
+        np.testing.assert_array_equal(
+            conformal_p_values(scores, reference) <= alpha, scores > threshold
+        )
     for threshold in rng.standard_normal(20):  # off the grid: a superset, from the point below
         flagged = conformal_p_values(scores, reference) <= alpha_for_threshold(reference, threshold)
         assert np.all(flagged[scores > threshold])
@@ -95,8 +102,9 @@ def test_alpha_for_threshold_flags_what_the_threshold_flags():
 
 
 # --- edge cases: clear errors, never a silent wrong answer ---------------------------------------
-@pytest.mark.parametrize("alpha", [0, 1, -0.1, 1.5, float("nan"), float("inf"), "often", None,
-                                   [0.1]])
+@pytest.mark.parametrize(
+    "alpha", [0, 1, -0.1, 1.5, float("nan"), float("inf"), "often", None, [0.1]]
+)
 def test_alpha_out_of_range_is_refused(alpha):
     with pytest.raises(InputError, match="alpha"):
         check_alpha(alpha)
@@ -125,14 +133,17 @@ def test_an_empty_reference_is_refused_and_an_empty_batch_is_empty():
     assert conformal_p_values([], np.array([1.0])).shape == (0,)
 
 
-@pytest.mark.parametrize(("reference", "score", "p"), [
-    ([3.0], 3.0, 1.0),          # n = 1, a tie: as extreme as the reference
-    ([3.0], 2.0, 1.0),
-    ([3.0], 4.0, 0.5),          # n = 1: the smallest p-value there is
-    ([1.0, 1.0, 1.0], 1.0, 1.0),   # all tied
-    ([1.0, 1.0, 1.0], 1.5, 0.25),
-    ([1.0, 2.0, 2.0, 3.0], 2.0, 0.8),  # ties count as at least as extreme
-])
+@pytest.mark.parametrize(
+    ("reference", "score", "p"),
+    [
+        ([3.0], 3.0, 1.0),  # n = 1, a tie: as extreme as the reference
+        ([3.0], 2.0, 1.0),
+        ([3.0], 4.0, 0.5),  # n = 1: the smallest p-value there is
+        ([1.0, 1.0, 1.0], 1.0, 1.0),  # all tied
+        ([1.0, 1.0, 1.0], 1.5, 0.25),
+        ([1.0, 2.0, 2.0, 3.0], 2.0, 0.8),  # ties count as at least as extreme
+    ],
+)
 def test_ties_and_a_single_reference_score(reference, score, p):
     assert conformal_p_values([score], np.array(reference))[0] == pytest.approx(p)
 

@@ -11,7 +11,9 @@ from detectors.datasets import load, load_digits, parse_classes, read_idx
 
 
 def write_idx(path, array: np.ndarray, *, compress: bool = False):
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape
+    )
     data = header + array.astype(np.uint8).tobytes()
     path.write_bytes(gzip.compress(data) if compress else data)
     return path
@@ -40,8 +42,10 @@ def test_idx_without_a_labels_file_has_no_labels(tmp_path):
         (b"\x00\x00\x08", "not an IDX file"),
         (b"\x12\x34\x08\x03" + b"\x00" * 12, "bad magic"),
         (b"\x00\x00\x0d\x03" + b"\x00" * 12, "not supported"),
-        (bytes([0, 0, 8, 3]) + (4).to_bytes(4, "big") + (2).to_bytes(4, "big") * 2 + b"\x00" * 7,
-         "truncated or oversized IDX file: shape \\(4, 2, 2\\) needs 16 bytes"),
+        (
+            bytes([0, 0, 8, 3]) + (4).to_bytes(4, "big") + (2).to_bytes(4, "big") * 2 + b"\x00" * 7,
+            "truncated or oversized IDX file: shape \\(4, 2, 2\\) needs 16 bytes",
+        ),
         (bytes([0, 0, 8, 3]) + (4).to_bytes(4, "big"), "truncated IDX header"),
     ],
 )
@@ -81,7 +85,8 @@ def test_folder_with_an_rgb_image_loads_as_rgb(tmp_path):
     _png(tmp_path / "b.bmp", np.zeros((4, 4, 3), np.uint8))
     _png(tmp_path / "c.jpg", np.full((4, 4, 3), 200, np.uint8))
     data = load(f"folder:{tmp_path}")
-    assert data.images.shape == (3, 3, 4, 4) and data.labels is None
+    assert data.images.shape == (3, 3, 4, 4)
+    assert data.labels is None
 
 
 @pytest.mark.parametrize(
@@ -89,8 +94,13 @@ def test_folder_with_an_rgb_image_loads_as_rgb(tmp_path):
     [
         (lambda d: None, "no images found"),
         (lambda d: (d / "bad.png").write_bytes(b"not a png"), "bad.png: not a readable image"),
-        (lambda d: (_png(d / "a.png", np.zeros((4, 4), np.uint8)),
-                    _png(d / "b.png", np.zeros((5, 4), np.uint8))), "b.png: size 4x5 differs from 4x4"),
+        (
+            lambda d: (
+                _png(d / "a.png", np.zeros((4, 4), np.uint8)),
+                _png(d / "b.png", np.zeros((5, 4), np.uint8)),
+            ),
+            "b.png: size 4x5 differs from 4x4",
+        ),
     ],
 )
 def test_bad_folders_are_refused_naming_the_file(tmp_path, setup, message):
@@ -109,8 +119,12 @@ def test_truncated_png_in_a_folder_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     ("shape", "expected"),
-    [((3, 5, 6), (3, 1, 5, 6)), ((3, 1, 5, 6), (3, 1, 5, 6)), ((3, 5, 6, 3), (3, 3, 5, 6)),
-     ((3, 3, 5, 6), (3, 3, 5, 6))],
+    [
+        ((3, 5, 6), (3, 1, 5, 6)),
+        ((3, 1, 5, 6), (3, 1, 5, 6)),
+        ((3, 5, 6, 3), (3, 3, 5, 6)),
+        ((3, 3, 5, 6), (3, 3, 5, 6)),
+    ],
 )
 def test_npy_layouts(tmp_path, shape, expected):
     np.save(tmp_path / "x.npy", np.zeros(shape, dtype=np.uint8))
@@ -122,8 +136,12 @@ def test_npy_layouts(tmp_path, shape, expected):
 
 @pytest.mark.parametrize(
     ("array", "message"),
-    [(np.zeros((2, 5)), "expected images"), (np.full((2, 4, 4), np.nan), "NaN"),
-     (np.full((2, 4, 4), 300.0), "within 0..255"), (np.full((2, 4, 4), 0.5), "whole numbers")],
+    [
+        (np.zeros((2, 5)), "expected images"),
+        (np.full((2, 4, 4), np.nan), "NaN"),
+        (np.full((2, 4, 4), 300.0), "within 0..255"),
+        (np.full((2, 4, 4), 0.5), "whole numbers"),
+    ],
 )
 def test_bad_npy_arrays_are_refused(tmp_path, array, message):
     np.save(tmp_path / "bad.npy", array)
@@ -133,18 +151,25 @@ def test_bad_npy_arrays_are_refused(tmp_path, array, message):
 
 def test_digits_are_rescaled_and_split_the_same_way_every_time():
     train, test = load_digits("train"), load_digits("test")
-    assert train.images.dtype == np.uint8 and train.images.max() == 255
+    assert train.images.dtype == np.uint8
+    assert train.images.max() == 255
     assert len(train) + len(test) == 1797
     assert train.fingerprint() == load_digits("train").fingerprint()
     train_rows = {row.tobytes() for row in train.images}
     overlap = sum(row.tobytes() in train_rows for row in test.images)
-    assert overlap < 5  # the same split every time; the few repeats are duplicate digits in the data
+    assert (
+        overlap < 5
+    )  # the same split every time; the few repeats are duplicate digits in the data
 
 
 @pytest.mark.parametrize(
     ("spec", "message"),
-    [("mnist", "unknown data spec"), ("idx:", "needs a path"), ("digits:val", "train or test"),
-     ("npy:/no/such.npy", "not a readable")],
+    [
+        ("mnist", "unknown data spec"),
+        ("idx:", "needs a path"),
+        ("digits:val", "train or test"),
+        ("npy:/no/such.npy", "not a readable"),
+    ],
 )
 def test_bad_specs_say_what_is_accepted(spec, message):
     with pytest.raises(InputError, match=message):

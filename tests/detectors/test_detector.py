@@ -8,8 +8,10 @@ from detectors import Detector, InputError
 
 @pytest.fixture(scope="module")
 def detectors(pixelcnn_bundle, vae_bundle):
-    return {"pixelcnn": Detector.load(pixelcnn_bundle, device="cpu"),
-            "vae": Detector.load(vae_bundle, device="cpu")}
+    return {
+        "pixelcnn": Detector.load(pixelcnn_bundle, device="cpu"),
+        "vae": Detector.load(vae_bundle, device="cpu"),
+    }
 
 
 @pytest.mark.parametrize("kind", ["pixelcnn", "vae"])
@@ -19,7 +21,8 @@ def test_score_identities_hold_for_every_score_and_alpha(detectors, digits_test,
     for name in detector.score_names:
         for alpha in (0.05, 0.2, 0.5):
             result = detector.score(images, score=name, alpha=alpha)
-            assert result.score_name == name and len(result) == 40
+            assert result.score_name == name
+            assert len(result) == 40
             assert np.all((result.p_values > 0) & (result.p_values <= 1))
             np.testing.assert_array_equal(result.is_anomaly, result.p_values <= alpha)
             np.testing.assert_array_equal(result.is_anomaly, result.scores > result.threshold)
@@ -55,8 +58,10 @@ def test_heatmap_has_the_image_shape_and_its_mean_is_the_score(detectors, digits
 
 def test_grey_images_may_come_without_a_channel_axis(detectors, digits_test):
     detector = detectors["pixelcnn"]
-    np.testing.assert_allclose(detector.score(digits_test.images[:4, 0]).scores,
-                               detector.score(digits_test.images[:4]).scores)
+    np.testing.assert_allclose(
+        detector.score(digits_test.images[:4, 0]).scores,
+        detector.score(digits_test.images[:4]).scores,
+    )
 
 
 @pytest.mark.parametrize(

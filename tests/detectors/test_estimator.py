@@ -34,8 +34,9 @@ def test_conformal_detector_is_not_fitted_before_fit(method):
         getattr(ConformalDetector(), method)([1.0, 2.0])
 
 
-@pytest.mark.parametrize("method", ["score_samples", "decision_function", "predict",
-                                    "predict_proba", "conformal_alpha"])
+@pytest.mark.parametrize(
+    "method", ["score_samples", "decision_function", "predict", "predict_proba", "conformal_alpha"]
+)
 def test_labelled_detector_is_not_fitted_before_fit(method):
     with pytest.raises(NotFittedError):
         getattr(LabelledThresholdDetector(), method)([1.0, 2.0])
@@ -68,13 +69,16 @@ def test_fitted_attributes():
     assert detector.fit_predict([1.0, 2.0, 3.0]).tolist() == [1, 1, 1]
 
 
-@pytest.mark.parametrize(("params", "X"), [
-    ({"alpha": 0.0}, [1.0, 2.0]),
-    ({"alpha": 1.2}, [1.0, 2.0]),
-    ({"alpha": 0.1}, [1.0, float("nan")]),
-    ({"alpha": 0.1}, []),
-    ({"alpha": 0.1}, [[1.0, 2.0], [3.0, 4.0]]),
-])
+@pytest.mark.parametrize(
+    ("params", "X"),
+    [
+        ({"alpha": 0.0}, [1.0, 2.0]),
+        ({"alpha": 1.2}, [1.0, 2.0]),
+        ({"alpha": 0.1}, [1.0, float("nan")]),
+        ({"alpha": 0.1}, []),
+        ({"alpha": 0.1}, [[1.0, 2.0], [3.0, 4.0]]),
+    ],
+)
 def test_bad_fits_are_clear_errors(params, X):
     with pytest.raises(InputError):
         ConformalDetector(**params).fit(X)
@@ -109,8 +113,11 @@ def test_target_fpr_gives_the_best_recall_within_it(labelled, target):
     fpr, recall, _ = _flag_rates(normal, anomalous, choice.threshold)
     assert fpr <= target
     assert (choice.fpr, choice.recall) == (fpr, recall)
-    best = max(_flag_rates(normal, anomalous, t)[1] for t in _candidates(normal, anomalous)
-               if _flag_rates(normal, anomalous, t)[0] <= target)
+    best = max(
+        _flag_rates(normal, anomalous, t)[1]
+        for t in _candidates(normal, anomalous)
+        if _flag_rates(normal, anomalous, t)[0] <= target
+    )
     assert recall == best
 
 
@@ -120,8 +127,11 @@ def test_target_recall_gives_the_lowest_fpr_reaching_it(labelled, target):
     choice = choose_threshold(normal, anomalous, rule="recall", target=target)
     fpr, recall, _ = _flag_rates(normal, anomalous, choice.threshold)
     assert recall >= target
-    best = min(_flag_rates(normal, anomalous, t)[0] for t in _candidates(normal, anomalous)
-               if _flag_rates(normal, anomalous, t)[1] >= target)
+    best = min(
+        _flag_rates(normal, anomalous, t)[0]
+        for t in _candidates(normal, anomalous)
+        if _flag_rates(normal, anomalous, t)[1] >= target
+    )
     assert fpr == best
 
 
@@ -137,8 +147,17 @@ def test_best_f1_is_the_best_over_every_threshold(labelled):
     assert json.loads(json.dumps(choice.to_json()))["threshold"] == choice.threshold
 
 
-@pytest.mark.parametrize(("rule", "target"), [("fpr", None), ("fpr", 1.0), ("recall", 0.0),
-                                              ("recall", 1.5), ("precision", 0.5), ("fpr", "x")])
+@pytest.mark.parametrize(
+    ("rule", "target"),
+    [
+        ("fpr", None),
+        ("fpr", 1.0),
+        ("recall", 0.0),
+        ("recall", 1.5),
+        ("precision", 0.5),
+        ("fpr", "x"),
+    ],
+)
 def test_bad_rules_and_targets_are_refused(labelled, rule, target):
     with pytest.raises(InputError):
         choose_threshold(*labelled, rule=rule, target=target)
@@ -185,19 +204,52 @@ def test_probabilities_follow_the_stated_anomaly_rate(labelled):
     np.testing.assert_allclose(ratio, odds(0.01) / odds(150 / 550), rtol=1e-6)
 
 
-@pytest.mark.parametrize("bad", [
-    {},
-    {"method": "spline", "params": {}, "fitted_rate": 0.5, "anomaly_rate": 0.5, "n_normal": 1,
-     "n_anomalous": 1},
-    {"method": "isotonic", "params": {"x": [1, 0], "y": [0, 1]}, "fitted_rate": 0.5,
-     "anomaly_rate": 0.5, "n_normal": 1, "n_anomalous": 1},
-    {"method": "isotonic", "params": {"x": [0, 1], "y": [0.9, 0.1]}, "fitted_rate": 0.5,
-     "anomaly_rate": 0.5, "n_normal": 1, "n_anomalous": 1},
-    {"method": "logistic", "params": {"coef": "a", "intercept": 0}, "fitted_rate": 0.5,
-     "anomaly_rate": 0.5, "n_normal": 1, "n_anomalous": 1},
-    {"method": "logistic", "params": {"coef": 1, "intercept": 0}, "fitted_rate": 0.5,
-     "anomaly_rate": 1.0, "n_normal": 1, "n_anomalous": 1},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {},
+        {
+            "method": "spline",
+            "params": {},
+            "fitted_rate": 0.5,
+            "anomaly_rate": 0.5,
+            "n_normal": 1,
+            "n_anomalous": 1,
+        },
+        {
+            "method": "isotonic",
+            "params": {"x": [1, 0], "y": [0, 1]},
+            "fitted_rate": 0.5,
+            "anomaly_rate": 0.5,
+            "n_normal": 1,
+            "n_anomalous": 1,
+        },
+        {
+            "method": "isotonic",
+            "params": {"x": [0, 1], "y": [0.9, 0.1]},
+            "fitted_rate": 0.5,
+            "anomaly_rate": 0.5,
+            "n_normal": 1,
+            "n_anomalous": 1,
+        },
+        {
+            "method": "logistic",
+            "params": {"coef": "a", "intercept": 0},
+            "fitted_rate": 0.5,
+            "anomaly_rate": 0.5,
+            "n_normal": 1,
+            "n_anomalous": 1,
+        },
+        {
+            "method": "logistic",
+            "params": {"coef": 1, "intercept": 0},
+            "fitted_rate": 0.5,
+            "anomaly_rate": 1.0,
+            "n_normal": 1,
+            "n_anomalous": 1,
+        },
+    ],
+)
 def test_malformed_probability_maps_are_refused(bad):
     with pytest.raises(InputError, match="probability map"):
         ProbabilityMap.from_json(bad)

@@ -20,16 +20,19 @@ def normal_digits(digits_test):
     return digits_test.with_classes([0, 1, 2, 3, 4])
 
 
-@pytest.mark.parametrize(("labels", "n", "message"), [
-    (None, 2, "class-conditional"),
-    ([0], 2, "one label per image"),
-    ([[0, 1]], 2, "one label per image"),
-    ([0, 5], 2, r"\[5\] out of range"),
-    ([-1, 0], 2, r"\[-1\] out of range"),
-    ([0.5, 1], 2, "whole numbers"),
-    ([np.nan, 1], 2, "whole numbers"),
-    (["a", "b"], 2, "whole numbers"),
-])
+@pytest.mark.parametrize(
+    ("labels", "n", "message"),
+    [
+        (None, 2, "class-conditional"),
+        ([0], 2, "one label per image"),
+        ([[0, 1]], 2, "one label per image"),
+        ([0, 5], 2, r"\[5\] out of range"),
+        ([-1, 0], 2, r"\[-1\] out of range"),
+        ([0.5, 1], 2, "whole numbers"),
+        ([np.nan, 1], 2, "whole numbers"),
+        (["a", "b"], 2, "whole numbers"),
+    ],
+)
 def test_bad_labels_are_refused(labels, n, message):
     with pytest.raises(InputError, match=message):
         check_labels(labels, n, SPEC)
@@ -74,7 +77,8 @@ def test_wrong_labels_look_anomalous(conditional, normal_digits):
     from detectors.evaluation import evaluate
 
     images, labels = normal_digits.images, normal_digits.labels
-    report = evaluate(conditional, images, images, normal_labels=labels,
-                      anomalous_labels=(labels + 1) % 5)
+    report = evaluate(
+        conditional, images, images, normal_labels=labels, anomalous_labels=(labels + 1) % 5
+    )
     auroc = {row["score"]: row["auroc"] for row in report["rows"]}
     assert auroc["nll"] > 0.65

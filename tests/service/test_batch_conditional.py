@@ -21,23 +21,38 @@ def normal_digits(digits_test):
 
 
 def score(bundle, inputs, out) -> dict:
-    argv = ["score", str(bundle), *[str(i) for i in inputs], "--out", str(out), "--no-progress",
-            "--workers", "0", "--batch-size", "16"]
+    argv = [
+        "score",
+        str(bundle),
+        *[str(i) for i in inputs],
+        "--out",
+        str(out),
+        "--no-progress",
+        "--workers",
+        "0",
+        "--batch-size",
+        "16",
+    ]
     assert main(argv) == 0
-    return {(row["input"], -1 if row["index"] in ("", None) else int(row["index"])): row
-            for row in read_results(out)}
+    return {
+        (row["input"], -1 if row["index"] in ("", None) else int(row["index"])): row
+        for row in read_results(out)
+    }
 
 
-def test_array_and_folder_inputs_are_scored_with_their_labels(conditional_pixelcnn_bundle,
-                                                              normal_digits, tmp_path):
+def test_array_and_folder_inputs_are_scored_with_their_labels(
+    conditional_pixelcnn_bundle, normal_digits, tmp_path
+):
     images, labels = normal_digits.images[:40], normal_digits.labels[:40]
     np.save(tmp_path / "arr.npy", images[:20])
     np.save(tmp_path / "arr_labels.npy", labels[:20])
     header = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (10, 8, 8))
     (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(
-        gzip.compress(header + images[20:30, 0].tobytes()))
-    idx_labels = (bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big")
-                  + labels[20:30].astype(np.uint8).tobytes())
+        gzip.compress(header + images[20:30, 0].tobytes())
+    )
+    idx_labels = (
+        bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + labels[20:30].astype(np.uint8).tobytes()
+    )
     (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_labels))
     files = []
     for i in range(30, 40):
@@ -45,9 +60,11 @@ def test_array_and_folder_inputs_are_scored_with_their_labels(conditional_pixelc
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(images[i, 0]).save(folder / f"{i}.png")
         files.append((str(folder / f"{i}.png"), -1, i))
-    rows = score(conditional_pixelcnn_bundle,
-                 [tmp_path / "arr.npy", tmp_path / "t10k-images-idx3-ubyte.gz", tmp_path / "pngs"],
-                 tmp_path / "out.csv")
+    rows = score(
+        conditional_pixelcnn_bundle,
+        [tmp_path / "arr.npy", tmp_path / "t10k-images-idx3-ubyte.gz", tmp_path / "pngs"],
+        tmp_path / "out.csv",
+    )
     assert len(rows) == 40
     expected = Detector.load(conditional_pixelcnn_bundle, device="cpu").score(images, labels=labels)
     where = [(str(tmp_path / "arr.npy"), i, i) for i in range(20)]
@@ -59,8 +76,9 @@ def test_array_and_folder_inputs_are_scored_with_their_labels(conditional_pixelc
         assert float(row["p_value"]) == pytest.approx(expected.p_values[i])
 
 
-def test_images_without_a_usable_label_are_error_rows(conditional_pixelcnn_bundle, normal_digits,
-                                                      tmp_path):
+def test_images_without_a_usable_label_are_error_rows(
+    conditional_pixelcnn_bundle, normal_digits, tmp_path
+):
     images = normal_digits.images[:6]
     np.save(tmp_path / "nolabels.npy", images[:2])  # no nolabels_labels.npy beside it
     (tmp_path / "loose").mkdir()

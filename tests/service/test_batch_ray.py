@@ -20,8 +20,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def ray_installed():
-    pytest.importorskip("ray", reason="the Ray engine needs the ray extra: `make test-slow` "
-                                      "installs it (pip install -e '.[ray]')")
+    pytest.importorskip(
+        "ray",
+        reason="the Ray engine needs the ray extra: `make test-slow` "
+        "installs it (pip install -e '.[ray]')",
+    )
 
 
 @pytest.fixture
@@ -41,18 +44,29 @@ def inputs(tmp_path, digits_test):
 
 
 def score(bundle, specs, out, *extra) -> list[dict]:
-    argv = ["score", str(bundle), *specs, "--out", str(out), "--no-progress", "--batch-size", "16",
-            *extra]
+    argv = [
+        "score",
+        str(bundle),
+        *specs,
+        "--out",
+        str(out),
+        "--no-progress",
+        "--batch-size",
+        "16",
+        *extra,
+    ]
     assert main(argv) == 0
     return read_results(out)
 
 
-def test_ray_engine_writes_the_same_rows_as_the_local_engine(ray_installed, vae_bundle, inputs,
-                                                             tmp_path, capsys):
+def test_ray_engine_writes_the_same_rows_as_the_local_engine(
+    ray_installed, vae_bundle, inputs, tmp_path, capsys
+):
     local = score(vae_bundle, inputs, tmp_path / "local.parquet", "--engine", "local")
     capsys.readouterr()
-    on_ray = score(vae_bundle, inputs, tmp_path / "ray.parquet", "--engine", "ray",
-                   "--ray-cpus", "2")
+    on_ray = score(
+        vae_bundle, inputs, tmp_path / "ray.parquet", "--engine", "ray", "--ray-cpus", "2"
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["engine"] == "ray"
     assert summary["ray_actors"] == 1
@@ -62,15 +76,17 @@ def test_ray_engine_writes_the_same_rows_as_the_local_engine(ray_installed, vae_
     assert not (tmp_path / "ray.parquet.work").exists()
 
 
-def test_ray_engine_resumes_a_journal_the_local_engine_started(ray_installed, vae_bundle, inputs,
-                                                               tmp_path):
+def test_ray_engine_resumes_a_journal_the_local_engine_started(
+    ray_installed, vae_bundle, inputs, tmp_path
+):
     full = score(vae_bundle, inputs, tmp_path / "local.csv", "--engine", "local")
     out = tmp_path / "resumed.csv"
     work = tmp_path / "resumed.csv.work"
     work.mkdir()
     bundle = Bundle.read(vae_bundle)
-    identity = _identity(ScoreJob(str(vae_bundle), inputs, str(out)), bundle,
-                         bundle.metadata["default_score"])
+    identity = _identity(
+        ScoreJob(str(vae_bundle), inputs, str(out)), bundle, bundle.metadata["default_score"]
+    )
     (work / "job.json").write_text(json.dumps(identity))
     fields = ("input", "index", "score", "p_value", "error")
     done = [{k: row[k] for k in fields} for row in full[:45]]

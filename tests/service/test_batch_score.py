@@ -56,8 +56,15 @@ def inputs(tmp_path, digits_test):
 
 
 def score(bundle, inputs, out, *extra) -> dict:
-    argv = ["score", str(bundle), *[str(i) for i in inputs], "--out", str(out), "--no-progress",
-            *extra]
+    argv = [
+        "score",
+        str(bundle),
+        *[str(i) for i in inputs],
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
     assert main(argv) == 0
     return read_results(out)
 
@@ -99,16 +106,24 @@ def test_unreadable_inputs_are_error_rows_and_the_rest_is_scored(vae_bundle, dig
     specs = [folder, tmp_path / "floats.npy", tmp_path / "objects.npy"]
     summary_rows = score(vae_bundle, specs, out)
     errors = {(Path(r["input"]).name, r["index"]): r["error"] for r in summary_rows if r["error"]}
-    assert set(errors) == {("junk.png", None), ("empty.png", None), ("truncated.png", None),
-                           ("floats.npy", 1), ("objects.npy", None)}
+    assert set(errors) == {
+        ("junk.png", None),
+        ("empty.png", None),
+        ("truncated.png", None),
+        ("floats.npy", 1),
+        ("objects.npy", None),
+    }
     assert "empty file" in errors[("empty.png", None)]
     assert "truncated" in errors[("truncated.png", None)]
     assert "0..255" in errors[("floats.npy", 1)]
     scored = [r for r in summary_rows if r["error"] is None]
     assert len(scored) == 10 + 2
     assert all(r["score"] is not None and r["is_anomaly"] is not None for r in scored)
-    assert all(r["score"] is None and r["p_value"] is None and r["is_anomaly"] is None
-               for r in summary_rows if r["error"])
+    assert all(
+        r["score"] is None and r["p_value"] is None and r["is_anomaly"] is None
+        for r in summary_rows
+        if r["error"]
+    )
 
 
 def test_images_of_another_size_or_mode_follow_the_bundles_preprocessing(vae_bundle, tmp_path):
@@ -154,8 +169,16 @@ def test_decoding_in_processes_or_a_thread_gives_the_same_rows(vae_bundle, input
 
 def test_overlapping_inputs_score_a_file_once(vae_bundle, inputs, tmp_path):
     folder, _ = inputs
-    rows = score(vae_bundle, [folder / "pngs", str(folder / "pngs" / "a" / "*.png"),
-                              folder / "arr.npy", f"npy:{folder / 'arr.npy'}"], tmp_path / "r.csv")
+    rows = score(
+        vae_bundle,
+        [
+            folder / "pngs",
+            str(folder / "pngs" / "a" / "*.png"),
+            folder / "arr.npy",
+            f"npy:{folder / 'arr.npy'}",
+        ],
+        tmp_path / "r.csv",
+    )
     assert len(rows) == 70 == len(set(keys(rows)))
 
 
@@ -181,8 +204,22 @@ def big_inputs(tmp_path, digits_test):
 
 
 def start_job(bundle, specs, out, *extra) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "service.cli", "score", str(bundle), *map(str, specs),
-            "--out", str(out), "--no-progress", "--batch-size", "4", "--workers", "1", *extra]
+    argv = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "score",
+        str(bundle),
+        *map(str, specs),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--batch-size",
+        "4",
+        "--workers",
+        "1",
+        *extra,
+    ]
     return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -205,8 +242,9 @@ def running(pid: int) -> bool:
     return state not in ("Z", "X")  # a zombie has finished
 
 
-def test_a_job_killed_with_sigkill_resumes_and_scores_each_input_once(vae_bundle, big_inputs,
-                                                                      tmp_path):
+def test_a_job_killed_with_sigkill_resumes_and_scores_each_input_once(
+    vae_bundle, big_inputs, tmp_path
+):
     out = tmp_path / "results.csv"
     journal = tmp_path / "results.csv.work" / "journal.jsonl"
     process = start_job(vae_bundle, big_inputs, out)
@@ -275,8 +313,10 @@ def test_a_torn_journal_line_is_cut_off_and_that_input_rescored(vae_bundle, inpu
     job = ScoreJob(str(vae_bundle), specs, str(out))
     identity = _identity(job, bundle, bundle.metadata["default_score"])
     (work / "job.json").write_text(json.dumps(identity))
-    lines = [json.dumps({k: r[k] for k in ("input", "index", "score", "p_value", "error")}) + "\n"
-             for r in full]
+    lines = [
+        json.dumps({k: r[k] for k in ("input", "index", "score", "p_value", "error")}) + "\n"
+        for r in full
+    ]
     (work / "journal.jsonl").write_text("".join(lines[:10]) + lines[10][:25])
     summary = run(ScoreJob(str(vae_bundle), specs, str(out), resume=True, progress=False))
     assert summary["processed_this_run"] == 30
@@ -304,10 +344,16 @@ def test_resume_refuses_the_work_area_of_another_bundle(vae_bundle, inputs, tmp_
 
 
 def test_batch_scoring_never_imports_torch():
-    code = ("import sys, service.batch, service.batch_ray, service.cli; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO,
-                   env={**os.environ, "PYTHONPATH": str(REPO)})
+    code = (
+        "import sys, service.batch, service.batch_ray, service.cli; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
 
 def test_ray_temporary_directory_lies_in_the_work_area_and_fits_unix_sockets(tmp_path):

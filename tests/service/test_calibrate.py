@@ -33,8 +33,9 @@ def _calibrate(capsys, *args):
 
 def test_calibrate_rewrites_the_references_and_nothing_else(bundle_copy, capsys):
     before = bundle_copy.read_bytes()
-    code, out, _ = _calibrate(capsys, bundle_copy, "--data", "digits:test", "--normal-classes",
-                              NORMAL, "--alpha", "0.2")
+    code, out, _ = _calibrate(
+        capsys, bundle_copy, "--data", "digits:test", "--normal-classes", NORMAL, "--alpha", "0.2"
+    )
     assert code == 0
     after = bundle_copy.read_bytes()
     assert after != before
@@ -65,15 +66,18 @@ def test_heat_maps_are_z_scores_against_the_calibration_images(bundle_copy, caps
     np.testing.assert_allclose(z.std(0)[varying], 1.0, atol=1e-3)
 
 
-@pytest.mark.parametrize("bad", [
-    ["--data", "idx:/no/such/file.gz"],
-    ["--data", "digits:test", "--normal-classes", "42"],
-    ["--data", "digits:test", "--anomalous", "folder:/no/such/dir"],
-    ["--data", "digits:test", "--alpha", "1.5"],
-    ["--data", "digits:test", "--alpha", "0.1", "--anomalous", "digits:test", "--rule", "f1"],
-    ["--data", "digits:test", "--anomalous", "digits:test", "--rule", "fpr"],  # no target
-    ["--data", "digits:test", "--score", "no_such_score"],
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--data", "idx:/no/such/file.gz"],
+        ["--data", "digits:test", "--normal-classes", "42"],
+        ["--data", "digits:test", "--anomalous", "folder:/no/such/dir"],
+        ["--data", "digits:test", "--alpha", "1.5"],
+        ["--data", "digits:test", "--alpha", "0.1", "--anomalous", "digits:test", "--rule", "f1"],
+        ["--data", "digits:test", "--anomalous", "digits:test", "--rule", "fpr"],  # no target
+        ["--data", "digits:test", "--score", "no_such_score"],
+    ],
+)
 def test_bad_input_leaves_the_bundle_intact(bundle_copy, capsys, bad):
     before = bundle_copy.read_bytes()
     try:
@@ -86,9 +90,22 @@ def test_bad_input_leaves_the_bundle_intact(bundle_copy, capsys, bad):
 
 
 def test_labelled_anomalies_choose_alpha_and_map_scores_to_probabilities(bundle_copy, capsys):
-    code, out, _ = _calibrate(capsys, bundle_copy, "--data", "digits:test", "--normal-classes",
-                              NORMAL, "--anomalous", "digits:test", "--anomalous-classes",
-                              "5,6,7,8,9", "--rule", "fpr", "--target", "0.1")
+    code, out, _ = _calibrate(
+        capsys,
+        bundle_copy,
+        "--data",
+        "digits:test",
+        "--normal-classes",
+        NORMAL,
+        "--anomalous",
+        "digits:test",
+        "--anomalous-classes",
+        "5,6,7,8,9",
+        "--rule",
+        "fpr",
+        "--target",
+        "0.1",
+    )
     assert code == 0
     detector = Detector.load(bundle_copy, device="cpu")
     choice = detector.metadata["calibration"]["choice"]
@@ -121,8 +138,9 @@ def test_labelled_anomalies_choose_alpha_and_map_scores_to_probabilities(bundle_
 
 
 def test_calibrating_on_the_training_data_warns(bundle_copy, capsys):
-    code, _, err = _calibrate(capsys, bundle_copy, "--data", "digits:train", "--normal-classes",
-                              NORMAL)
+    code, _, err = _calibrate(
+        capsys, bundle_copy, "--data", "digits:train", "--normal-classes", NORMAL
+    )
     assert code == 0
     assert "training data" in err
 
@@ -130,8 +148,18 @@ def test_calibrating_on_the_training_data_warns(bundle_copy, capsys):
 def test_calibrate_can_write_a_new_file(bundle_copy, tmp_path, capsys):
     before = bundle_copy.read_bytes()
     out = tmp_path / "new.onnx"
-    code, _, _ = _calibrate(capsys, bundle_copy, "--data", "digits:test", "--out", out,
-                            "--anomalous", "digits:test", "--probability", "logistic")
+    code, _, _ = _calibrate(
+        capsys,
+        bundle_copy,
+        "--data",
+        "digits:test",
+        "--out",
+        out,
+        "--anomalous",
+        "digits:test",
+        "--probability",
+        "logistic",
+    )
     assert code == 0
     assert bundle_copy.read_bytes() == before
     meta = Bundle.read(out).metadata
@@ -140,9 +168,11 @@ def test_calibrate_can_write_a_new_file(bundle_copy, tmp_path, capsys):
 
 
 def test_calibrate_runs_without_importing_torch(bundle_copy):
-    code = ("import sys; from service.cli import main; "
-            f"rc = main(['calibrate', {str(bundle_copy)!r}, '--data', 'digits:test', "
-            "'--anomalous', 'digits:test', '--anomalous-classes', '9']); "
-            "assert rc == 0; assert 'torch' not in sys.modules, 'torch was imported'")
+    code = (
+        "import sys; from service.cli import main; "
+        f"rc = main(['calibrate', {str(bundle_copy)!r}, '--data', 'digits:test', "
+        "'--anomalous', 'digits:test', '--anomalous-classes', '9']); "
+        "assert rc == 0; assert 'torch' not in sys.modules, 'torch was imported'"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr

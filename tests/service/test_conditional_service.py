@@ -23,8 +23,9 @@ def client(tmp_path, conditional_pixelcnn_bundle, pixelcnn_bundle):
     folder.mkdir()
     shutil.copy(conditional_pixelcnn_bundle, folder / "digits.onnx")
     shutil.copy(pixelcnn_bundle, folder / "plain.onnx")
-    with TestClient(create_app(Settings(models_dir=folder, watch_interval_s=0)),
-                    raise_server_exceptions=False) as test_client:
+    with TestClient(
+        create_app(Settings(models_dir=folder, watch_interval_s=0)), raise_server_exceptions=False
+    ) as test_client:
         yield test_client
 
 
@@ -57,17 +58,21 @@ def test_labels_in_the_query_or_the_json_body_give_the_detectors_scores(client, 
     np.testing.assert_allclose([r["p_value"] for r in answer.json()["results"]], expected.p_values)
 
 
-@pytest.mark.parametrize(("model", "query", "body_labels", "message"), [
-    ("digits", "", None, "class-conditional"),
-    ("digits", "labels=0,1", None, "one label per image"),
-    ("digits", "labels=0,9,1", None, r"\[9\] out of range"),
-    ("digits", "labels=a,b,c", None, "comma-separated whole numbers"),
-    ("digits", "labels=0,1,2", [0, 1, 2], "labels given twice"),
-    ("digits", "", "3", "labels must be a list"),
-    ("plain", "labels=0,1,2", None, "not conditional"),
-])
-def test_bad_labels_are_a_400_saying_what_is_wrong(client, digits, model, query, body_labels,
-                                                   message):
+@pytest.mark.parametrize(
+    ("model", "query", "body_labels", "message"),
+    [
+        ("digits", "", None, "class-conditional"),
+        ("digits", "labels=0,1", None, "one label per image"),
+        ("digits", "labels=0,9,1", None, r"\[9\] out of range"),
+        ("digits", "labels=a,b,c", None, "comma-separated whole numbers"),
+        ("digits", "labels=0,1,2", [0, 1, 2], "labels given twice"),
+        ("digits", "", "3", "labels must be a list"),
+        ("plain", "labels=0,1,2", None, "not conditional"),
+    ],
+)
+def test_bad_labels_are_a_400_saying_what_is_wrong(
+    client, digits, model, query, body_labels, message
+):
     images = digits[0][:3]
     body = {"images": images[:, 0].tolist()}
     if body_labels is not None:
@@ -94,11 +99,22 @@ def test_open_inference_protocol_takes_labels_as_a_second_tensor(client, digits)
     images, labels, expected = digits
     metadata = client.get("/v2/models/digits").json()
     assert {"name": "labels", "datatype": "INT64", "shape": [-1]} in metadata["inputs"]
-    request = {"inputs": [
-        {"name": "images", "datatype": "UINT8", "shape": list(images.shape),
-         "data": images.ravel().tolist()},
-        {"name": "labels", "datatype": "INT64", "shape": [len(labels)], "data": labels.tolist()},
-    ]}
+    request = {
+        "inputs": [
+            {
+                "name": "images",
+                "datatype": "UINT8",
+                "shape": list(images.shape),
+                "data": images.ravel().tolist(),
+            },
+            {
+                "name": "labels",
+                "datatype": "INT64",
+                "shape": [len(labels)],
+                "data": labels.tolist(),
+            },
+        ]
+    }
     answer = client.post("/v2/models/digits/infer", json=request)
     assert answer.status_code == 200, answer.text
     outputs = {o["name"]: o["data"] for o in answer.json()["outputs"]}

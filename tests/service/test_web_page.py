@@ -24,10 +24,13 @@ def _browser_or_skip() -> None:
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
     if not missing:
         return
-    msg = (f"{', '.join(missing)} not found: `apt-get install -y chromium chromium-driver` "
-           "to run the browser test")
-    required = os.environ.get("NORMALCY_REQUIRE_BROWSER") == "1" or \
-        os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    msg = (
+        f"{', '.join(missing)} not found: `apt-get install -y chromium chromium-driver` "
+        "to run the browser test"
+    )
+    required = os.environ.get("NORMALCY_REQUIRE_BROWSER") == "1" or os.environ.get(
+        "CI", ""
+    ).lower() in ("1", "true", "yes")
     if required:
         pytest.fail(msg)
     pytest.skip(msg)
@@ -42,10 +45,18 @@ def browser(tmp_path, monkeypatch):
     monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must never fetch anything
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--window-size=1280,1100",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,1100",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
@@ -60,8 +71,9 @@ def _wait(driver, condition, timeout_s: float = 60.0):
     return WebDriverWait(driver, timeout_s, poll_frequency=0.1).until(condition)
 
 
-def test_page_scores_uploaded_images_like_the_api(browser, start_server, model_dir, digits_test,
-                                                  png, tmp_path):
+def test_page_scores_uploaded_images_like_the_api(
+    browser, start_server, model_dir, digits_test, png, tmp_path
+):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
@@ -75,19 +87,29 @@ def test_page_scores_uploaded_images_like_the_api(browser, start_server, model_d
     browser.get(server.url + "/")
     _wait(browser, lambda d: len(Select(d.find_element(By.ID, "model")).options) == 2)
     Select(browser.find_element(By.ID, "model")).select_by_value("pixelcnn")
-    _wait(browser, lambda d: "nll" in [o.get_attribute("value") for o in
-                                       Select(d.find_element(By.ID, "score")).options])
+    _wait(
+        browser,
+        lambda d: (
+            "nll"
+            in [o.get_attribute("value") for o in Select(d.find_element(By.ID, "score")).options]
+        ),
+    )
     Select(browser.find_element(By.ID, "score")).select_by_value("nll")  # raw likelihood
     browser.find_element(By.ID, "files").send_keys(
-        "\n".join(str(tmp_path / name) for name in files))
+        "\n".join(str(tmp_path / name) for name in files)
+    )
     _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".result[data-state=done]")) == 2)
 
-    cards = {card.get_attribute("data-filename"): card
-             for card in browser.find_elements(By.CSS_SELECTOR, ".result")}
+    cards = {
+        card.get_attribute("data-filename"): card
+        for card in browser.find_elements(By.CSS_SELECTOR, ".result")
+    }
     assert set(cards) == set(files)
     for name, data in files.items():
-        answer = httpx.post(f"{server.url}/v1/models/pixelcnn/score?score=nll&heatmap=true",
-                            files={"images": (name, data, "image/png")}).json()["results"][0]
+        answer = httpx.post(
+            f"{server.url}/v1/models/pixelcnn/score?score=nll&heatmap=true",
+            files={"images": (name, data, "image/png")},
+        ).json()["results"][0]
         card = cards[name]
         assert float(card.get_attribute("data-score")) == pytest.approx(answer["score"], abs=1e-9)
         assert float(card.get_attribute("data-p-value")) == pytest.approx(answer["p_value"])
@@ -115,8 +137,9 @@ def test_page_scores_uploaded_images_like_the_api(browser, start_server, model_d
     assert errors == []
 
 
-def test_page_shows_the_servers_error_for_a_file_that_is_not_an_image(browser, start_server,
-                                                                       model_dir, tmp_path):
+def test_page_shows_the_servers_error_for_a_file_that_is_not_an_image(
+    browser, start_server, model_dir, tmp_path
+):
     from selenium.webdriver.common.by import By
 
     server = start_server(model_dir)
@@ -130,9 +153,9 @@ def test_page_shows_the_servers_error_for_a_file_that_is_not_an_image(browser, s
     assert "HTTP 400" in card.text
 
 
-def test_page_asks_a_conditional_model_for_the_class(browser, start_server, tmp_path,
-                                                     conditional_pixelcnn_bundle, digits_test,
-                                                     png):
+def test_page_asks_a_conditional_model_for_the_class(
+    browser, start_server, tmp_path, conditional_pixelcnn_bundle, digits_test, png
+):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
@@ -145,12 +168,19 @@ def test_page_asks_a_conditional_model_for_the_class(browser, start_server, tmp_
 
     browser.get(server.url + "/")
     _wait(browser, lambda d: d.find_element(By.ID, "label-row").is_displayed())
-    assert [o.text for o in Select(browser.find_element(By.ID, "label")).options] == \
-        ["0", "1", "2", "3", "4"]
+    assert [o.text for o in Select(browser.find_element(By.ID, "label")).options] == [
+        "0",
+        "1",
+        "2",
+        "3",
+        "4",
+    ]
     Select(browser.find_element(By.ID, "label")).select_by_value("3")
     browser.find_element(By.ID, "files").send_keys(str(tmp_path / "three.png"))
     card = _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, ".result[data-state=done]"))
     assert card.find_element(By.CSS_SELECTOR, "dd.class").text == "3"
-    answer = httpx.post(f"{server.url}/v1/models/digits/score?labels=3",
-                        files={"images": ("three.png", png(image), "image/png")}).json()
+    answer = httpx.post(
+        f"{server.url}/v1/models/digits/score?labels=3",
+        files={"images": ("three.png", png(image), "image/png")},
+    ).json()
     assert float(card.get_attribute("data-score")) == pytest.approx(answer["results"][0]["score"])

@@ -23,8 +23,9 @@ PER_CLASS = 20
 def digit_classifier():
     """Logistic regression on real digits 0-4: it names the class of an 8x8 image."""
     train = load_digits("train").with_classes(CLASSES)
-    return LogisticRegression(max_iter=2000).fit(train.images.reshape(len(train), -1) / 255.0,
-                                                 train.labels)
+    return LogisticRegression(max_iter=2000).fit(
+        train.images.reshape(len(train), -1) / 255.0, train.labels
+    )
 
 
 @pytest.mark.parametrize("kind", ["pixelcnn", "vae"])
@@ -51,8 +52,12 @@ def test_conditional_bundle_says_so_and_takes_labels_as_a_second_input(kind, req
     meta = bundle.metadata
     assert meta["model"]["conditional"] is True
     assert meta["model"]["num_classes"] == 5
-    assert meta["labels"] == {"input": "labels", "dtype": "int64", "num_classes": 5,
-                              "classes": CLASSES}
+    assert meta["labels"] == {
+        "input": "labels",
+        "dtype": "int64",
+        "num_classes": 5,
+        "classes": CLASSES,
+    }
     inputs = {i.name: i.type for i in OnnxSession(bundle, device="cpu").session.get_inputs()}
     assert inputs["labels"] == "tensor(int64)"
 
@@ -72,8 +77,9 @@ def test_exported_conditional_graph_matches_torch(kind, request):
     else:
         rng = np.random.default_rng(0)
         noise = rng.standard_normal((9, 3, model.cfg.latent)).astype(np.float32)
-        got = session.session.run(["neg_elbo_bits_per_dim"],
-                                  {"images": images, "noise": noise, "labels": labels})[0]
+        got = session.session.run(
+            ["neg_elbo_bits_per_dim"], {"images": images, "noise": noise, "labels": labels}
+        )[0]
         with torch.no_grad():
             expected = model.scores(x, torch.from_numpy(noise), y)[0].numpy()
     np.testing.assert_allclose(got, expected, atol=1e-4)
@@ -84,19 +90,39 @@ def test_calibration_reference_is_scored_with_the_true_labels(conditional_pixelc
     data = load_digits("train").with_classes(CLASSES)
     calibration = split(data, seed=0, validation=0.1, calibration=0.25).calibration
     session = OnnxSession(bundle, device="cpu")
-    nll = session.run(calibration.images, ["nll_bits_per_dim"],
-                      labels=calibration.labels)["nll_bits_per_dim"]
+    nll = session.run(calibration.images, ["nll_bits_per_dim"], labels=calibration.labels)[
+        "nll_bits_per_dim"
+    ]
     np.testing.assert_allclose(bundle.reference("nll"), np.sort(nll), atol=1e-5)
-    shifted = session.run(calibration.images, ["nll_bits_per_dim"],
-                          labels=(calibration.labels + 1) % 5)["nll_bits_per_dim"]
+    shifted = session.run(
+        calibration.images, ["nll_bits_per_dim"], labels=(calibration.labels + 1) % 5
+    )["nll_bits_per_dim"]
     assert np.mean(shifted) > np.mean(nll) + 0.05  # the label matters to the likelihood
 
 
 def test_train_command_trains_a_conditional_bundle(tmp_path, capsys):
     out = tmp_path / "cond.onnx"
-    code = main(["train", "vae", "--data", "digits:train", "--normal-classes", "1,3",
-                 "--out", str(out), "--epochs", "1", "--latent", "2", "--hidden", "4",
-                 "--conditional", "--no-progress", "--no-report"])
+    code = main(
+        [
+            "train",
+            "vae",
+            "--data",
+            "digits:train",
+            "--normal-classes",
+            "1,3",
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--latent",
+            "2",
+            "--hidden",
+            "4",
+            "--conditional",
+            "--no-progress",
+            "--no-report",
+        ]
+    )
     assert code == 0
     assert json.loads(capsys.readouterr().out)["bundle"] == str(out)
     labels = Bundle.read(out).metadata["labels"]
@@ -110,19 +136,41 @@ def test_conditional_training_needs_labelled_data(tmp_path):
     from training.pipeline import TrainJob, run
     from training.train import TrainConfig
 
-    job = TrainJob("vae", f"npy:{tmp_path / 'plain.npy'}", str(tmp_path / "x.onnx"),
-                   train=TrainConfig(epochs=1, conditional=True), progress=False)
+    job = TrainJob(
+        "vae",
+        f"npy:{tmp_path / 'plain.npy'}",
+        str(tmp_path / "x.onnx"),
+        train=TrainConfig(epochs=1, conditional=True),
+        progress=False,
+    )
     with pytest.raises(ValueError, match="labelled"):
         run(job)
 
 
 def test_calibrate_command_scores_a_conditional_bundle_with_the_data_labels(
-        conditional_vae_bundle, tmp_path, capsys):
+    conditional_vae_bundle, tmp_path, capsys
+):
     out = tmp_path / "recalibrated.onnx"
-    assert main(["calibrate", str(conditional_vae_bundle), "--data", "digits:test",
-                 "--normal-classes", "0,1,2,3,4", "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                str(conditional_vae_bundle),
+                "--data",
+                "digits:test",
+                "--normal-classes",
+                "0,1,2,3,4",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     test = load_digits("test").with_classes(CLASSES)
     scores = OnnxSession(Bundle.read(out), device="cpu").raw_scores(
-        test.images, ["neg_elbo"], labels=test.labels)[0]["neg_elbo"]
+        test.images, ["neg_elbo"], labels=test.labels
+    )[0]["neg_elbo"]
     np.testing.assert_allclose(Bundle.read(out).reference("neg_elbo"), np.sort(scores), atol=1e-5)

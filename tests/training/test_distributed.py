@@ -44,11 +44,19 @@ RANK_SCRIPT = textwrap.dedent("""
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc-per-node", "2", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-                         check=False)
+    run = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     return run
 
@@ -65,17 +73,34 @@ def test_two_gloo_ranks_end_with_identical_weights(kind, tmp_path):
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert reports[0]["world_size"] == 2
     # Validation (and so early stopping) is the same on both ranks: it is summed over them.
-    assert reports[0]["history"] == [dict(h, seconds=r["seconds"])
-                                     for h, r in zip(reports[1]["history"], reports[0]["history"],
-                                                     strict=True)]
+    assert reports[0]["history"] == [
+        dict(h, seconds=r["seconds"])
+        for h, r in zip(reports[1]["history"], reports[0]["history"], strict=True)
+    ]
     assert (tmp_path / "checkpoint.pt").exists()
 
 
 def test_normalcy_train_runs_unchanged_under_torchrun(tmp_path):
     out = tmp_path / "digits.onnx"
-    run = torchrun("-m", "service.cli", "train", "vae", "--data", "digits:train",
-                   "--normal-classes", "0,1", "--out", str(out), "--epochs", "2", "--latent", "4",
-                   "--hidden", "8", "--no-progress")
+    run = torchrun(
+        "-m",
+        "service.cli",
+        "train",
+        "vae",
+        "--data",
+        "digits:train",
+        "--normal-classes",
+        "0,1",
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--latent",
+        "4",
+        "--hidden",
+        "8",
+        "--no-progress",
+    )
     summary = json.loads(run.stdout)  # one summary: rank 0's; rank 1 prints nothing
     assert summary["bundle"] == str(out)
     assert summary["epochs"] == 2

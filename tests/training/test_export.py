@@ -34,7 +34,11 @@ def test_vae_bundle_matches_torch_within_1e_4_bits_per_dim(vae_bundle):
     _, model, _ = model_from_checkpoint(vae_bundle.with_suffix(".pt"))
     bundle = Bundle.read(vae_bundle)
     images = _batch()
-    noise = np.random.default_rng(0).standard_normal((len(images), 3, model.cfg.latent)).astype(np.float32)
+    noise = (
+        np.random.default_rng(0)
+        .standard_normal((len(images), 3, model.cfg.latent))
+        .astype(np.float32)
+    )
     names = ["neg_elbo_bits_per_dim", "iwae_bits_per_dim", "recon_bits_map", "recon_mse"]
     got = OnnxSession(bundle, device="cpu").session.run(names, {"images": images, "noise": noise})
     with torch.no_grad():

@@ -1,7 +1,7 @@
-"""The PixelCNN is autoregressive: each sub-pixel's distribution ignores that sub-pixel and all later ones."""
+"""The PixelCNN is autoregressive: each sub-pixel's distribution ignores that sub-pixel and all
+later ones."""
 
 import itertools
-import math
 
 import pytest
 import torch
@@ -11,8 +11,11 @@ from training.models import PixelCNN, PixelCNNConfig
 
 def tiny(channels: int, **kw) -> PixelCNN:
     torch.manual_seed(0)
-    return PixelCNN(PixelCNNConfig(channels=channels, hidden=6 * channels, layers=3, kernel=3,
-                                   head=6 * channels, **kw)).eval()
+    return PixelCNN(
+        PixelCNNConfig(
+            channels=channels, hidden=6 * channels, layers=3, kernel=3, head=6 * channels, **kw
+        )
+    ).eval()
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -30,7 +33,8 @@ def test_distribution_of_each_subpixel_ignores_itself_and_later_ones(channels):
             for i2, j2, c2 in order:
                 if (i2, j2, c2) <= (i, j, c):
                     assert torch.equal(out[0, c2, :, i2, j2], base[0, c2, :, i2, j2]), (
-                        f"p(x[{c2},{i2},{j2}]) changed when x[{c},{i},{j}] changed")
+                        f"p(x[{c2},{i2},{j2}]) changed when x[{c},{i},{j}] changed"
+                    )
 
 
 def test_receptive_field_has_no_blind_spot_above_right():
@@ -50,7 +54,9 @@ def test_later_channel_of_a_pixel_sees_earlier_channels_of_that_pixel():
     changed = x.clone()
     changed[0, 0, 2, 2] ^= 255  # red of pixel (2, 2)
     with torch.no_grad():
-        assert not torch.equal(model(x)[0, 1, :, 2, 2], model(changed)[0, 1, :, 2, 2])  # green sees red
+        assert not torch.equal(
+            model(x)[0, 1, :, 2, 2], model(changed)[0, 1, :, 2, 2]
+        )  # green sees red
 
 
 def test_bits_per_dim_is_the_mean_of_the_bits_map():
@@ -71,7 +77,8 @@ def test_untrained_model_is_near_uniform_over_256_levels():
 def test_samples_are_uint8_images_of_the_asked_shape():
     model = tiny(1)
     samples = model.sample(3, 4, 5, generator=torch.Generator().manual_seed(0))
-    assert samples.shape == (3, 1, 4, 5) and samples.dtype == torch.uint8
+    assert samples.shape == (3, 1, 4, 5)
+    assert samples.dtype == torch.uint8
 
 
 def test_class_conditional_model_needs_its_label():
@@ -83,5 +90,3 @@ def test_class_conditional_model_needs_its_label():
     assert not torch.equal(a, b)
     with pytest.raises(AssertionError):
         model(x)
-
-

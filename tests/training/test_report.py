@@ -23,11 +23,24 @@ def figures_on(page):
     return names
 
 
-@pytest.mark.parametrize(("kind", "expected"), [
-    ("pixelcnn", {"history.png", "samples.png", "scores.png", "roc.png", "calibration.png"}),
-    ("vae", {"history.png", "samples.png", "reconstructions.png", "interpolation.png",
-             "scores.png", "roc.png", "calibration.png"}),
-])
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("pixelcnn", {"history.png", "samples.png", "scores.png", "roc.png", "calibration.png"}),
+        (
+            "vae",
+            {
+                "history.png",
+                "samples.png",
+                "reconstructions.png",
+                "interpolation.png",
+                "scores.png",
+                "roc.png",
+                "calibration.png",
+            },
+        ),
+    ],
+)
 def test_report_on_a_bundle_shows_every_figure(kind, expected, request, tmp_path):
     bundle = request.getfixturevalue(f"{kind}_bundle")
     report = report_from_specs(bundle, "digits:test", tmp_path, progress=False)
@@ -41,8 +54,9 @@ def test_report_on_a_bundle_shows_every_figure(kind, expected, request, tmp_path
 
 
 def test_report_from_a_checkpoint_finds_its_bundle(pixelcnn_bundle, tmp_path):
-    report = report_from_specs(pixelcnn_bundle.with_suffix(".pt"), "digits:test", tmp_path,
-                               progress=False)
+    report = report_from_specs(
+        pixelcnn_bundle.with_suffix(".pt"), "digits:test", tmp_path, progress=False
+    )
     assert "roc.png" in figures_on(report.page)
 
 
@@ -66,27 +80,69 @@ def test_report_says_what_it_left_out(pixelcnn_bundle, tmp_path):
 
 
 def test_conditional_report_samples_each_class_and_scores_wrong_labels(
-        conditional_vae_bundle, tmp_path):
+    conditional_vae_bundle, tmp_path
+):
     report = report_from_specs(conditional_vae_bundle, "digits:test", tmp_path, progress=False)
     assert "samples.png" in figures_on(report.page)
     assert "wrong label" in report.metrics["anomalous"]
     assert report.metrics["auroc"]["neg_elbo"] > 0.6
 
 
-def test_report_command_prints_the_page_and_refuses_a_missing_source(pixelcnn_bundle, tmp_path,
-                                                                     capsys):
-    assert main(["report", str(pixelcnn_bundle), "--data", "digits:test", "--out", str(tmp_path),
-                 "--no-progress", "--samples", "16"]) == 0
+def test_report_command_prints_the_page_and_refuses_a_missing_source(
+    pixelcnn_bundle, tmp_path, capsys
+):
+    assert (
+        main(
+            [
+                "report",
+                str(pixelcnn_bundle),
+                "--data",
+                "digits:test",
+                "--out",
+                str(tmp_path),
+                "--no-progress",
+                "--samples",
+                "16",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert printed["page"] == str(tmp_path / "index.html")
-    assert main(["report", str(tmp_path / "nothing.onnx"), "--data", "digits:test",
-                 "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "report",
+                str(tmp_path / "nothing.onnx"),
+                "--data",
+                "digits:test",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "no such file" in capsys.readouterr().err
 
 
 def test_train_writes_a_report_beside_the_bundle_unless_told_not_to(tmp_path, capsys):
-    common = ["train", "pixelcnn", "--data", "digits:train", "--normal-classes", "0,1", "--epochs",
-              "1", "--hidden", "4", "--layers", "1", "--kernel", "3", "--no-progress"]
+    common = [
+        "train",
+        "pixelcnn",
+        "--data",
+        "digits:train",
+        "--normal-classes",
+        "0,1",
+        "--epochs",
+        "1",
+        "--hidden",
+        "4",
+        "--layers",
+        "1",
+        "--kernel",
+        "3",
+        "--no-progress",
+    ]
     assert main([*common, "--out", str(tmp_path / "a.onnx")]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["report"] == str(tmp_path / "a-report" / "index.html")

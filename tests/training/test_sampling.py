@@ -15,8 +15,17 @@ CASES = [(1, 0, 3, 0), (3, 0, 3, 0), (1, 4, 5, 0), (3, 3, 5, 0), (1, 4, 3, 2), (
 def model(channels: int, num_classes: int, kernel: int, maps: int = 0) -> PixelCNN:
     torch.manual_seed(0)
     size = {"height": 6, "width": 5, "label_maps": maps} if maps else {}
-    net = PixelCNN(PixelCNNConfig(channels=channels, hidden=6 * channels, layers=3, kernel=kernel,
-                                  head=8 * channels, num_classes=num_classes, **size)).eval()
+    net = PixelCNN(
+        PixelCNNConfig(
+            channels=channels,
+            hidden=6 * channels,
+            layers=3,
+            kernel=kernel,
+            head=8 * channels,
+            num_classes=num_classes,
+            **size,
+        )
+    ).eval()
     with torch.no_grad():  # non-zero biases, so a wrongly placed bias shows
         for p in net.parameters():
             if p.dim() == 1:

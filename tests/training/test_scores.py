@@ -46,12 +46,16 @@ def _torch_outputs(kind, model, background, images, meta):
             return outputs
         noise = torch.from_numpy(vae_noise(meta["noise"], len(images)))
         neg_elbo, iwae, _, mse = VAEGraph(model)(x, noise)
-        return {"neg_elbo_bits_per_dim": neg_elbo.numpy(), "iwae_bits_per_dim": iwae.numpy(),
-                "recon_mse": mse.numpy()}
+        return {
+            "neg_elbo_bits_per_dim": neg_elbo.numpy(),
+            "iwae_bits_per_dim": iwae.numpy(),
+            "recon_mse": mse.numpy(),
+        }
 
 
-def test_torch_on_the_exported_modules_gives_every_served_score(pixelcnn_bundle, vae_bundle,
-                                                                digits_test):
+def test_torch_on_the_exported_modules_gives_every_served_score(
+    pixelcnn_bundle, vae_bundle, digits_test
+):
     # The quality benchmark scores on GPU with torch this way; it must be the served math.
     images = digits_test.images[:24]
     codes = {c: code_length_bits_per_dim(images, c) for c in ("zlib", "png")}
@@ -59,8 +63,9 @@ def test_torch_on_the_exported_modules_gives_every_served_score(pixelcnn_bundle,
         detector = Detector.load(path, device="cpu")
         model, background = _models(path)
         outputs = _torch_outputs(detector.kind, model, background, images, detector.metadata)
-        mine = scores_from_outputs(detector.metadata["scores"], detector.score_names, outputs,
-                                   code_lengths=codes)
+        mine = scores_from_outputs(
+            detector.metadata["scores"], detector.score_names, outputs, code_lengths=codes
+        )
         served = detector.raw_scores(images)
         for name in detector.score_names:
             np.testing.assert_allclose(mine[name], served[name], atol=1e-4, err_msg=name)

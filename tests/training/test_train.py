@@ -35,11 +35,20 @@ def test_resuming_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(splits,
     cfg = TrainConfig(epochs=3, batch_size=32, seed=0, patience=10)
     straight, _ = fit("pixelcnn", TINY, splits, cfg, progress=False)
     ckpt = tmp_path / "m.pt"
-    fit("pixelcnn", TINY, splits, TrainConfig(epochs=2, batch_size=32, seed=0, patience=10),
-        checkpoint=ckpt, progress=False)
+    fit(
+        "pixelcnn",
+        TINY,
+        splits,
+        TrainConfig(epochs=2, batch_size=32, seed=0, patience=10),
+        checkpoint=ckpt,
+        progress=False,
+    )
     assert load_checkpoint(ckpt)["epoch"] == 2
-    resumed, result = fit("pixelcnn", TINY, splits, cfg, checkpoint=ckpt, resume=True, progress=False)
-    assert result.epochs == 3 and len(result.history) == 3
+    resumed, result = fit(
+        "pixelcnn", TINY, splits, cfg, checkpoint=ckpt, resume=True, progress=False
+    )
+    assert result.epochs == 3
+    assert len(result.history) == 3
     for name, value in _weights(straight).items():
         torch.testing.assert_close(resumed.state_dict()[name], value)
 
@@ -48,15 +57,22 @@ def test_early_stopping_stops_when_validation_stops_improving(splits):
     # A learning rate far too high makes validation worse after the first epoch.
     cfg = TrainConfig(epochs=20, lr=0.5, patience=2, warmup_steps=1, batch_size=64)
     _, result = fit("pixelcnn", TINY, splits, cfg, progress=False)
-    assert result.stopped == "early_stopping" and result.epochs < 20
+    assert result.stopped == "early_stopping"
+    assert result.epochs < 20
     best = min(h["validation_bits_per_dim"] for h in result.history)
     assert result.best_validation_bits_per_dim == best
 
 
 def test_a_time_budget_ends_training_after_the_step_that_passes_it(splits):
-    _, result = fit("vae", {"latent": 2, "hidden": 4, "height": 8, "width": 8}, splits,
-                    TrainConfig(epochs=50, max_minutes=0.0), progress=False)
-    assert result.stopped == "budget" and result.epochs == 1
+    _, result = fit(
+        "vae",
+        {"latent": 2, "hidden": 4, "height": 8, "width": 8},
+        splits,
+        TrainConfig(epochs=50, max_minutes=0.0),
+        progress=False,
+    )
+    assert result.stopped == "budget"
+    assert result.epochs == 1
 
 
 def test_training_lowers_validation_bits_per_dim(splits):

@@ -9,11 +9,14 @@ from training.models import VAE, VAEConfig
 from training.models.vae import discretized_logistic_log_prob
 
 
-@pytest.mark.parametrize(("mean", "log_scale"), [(0.0, -2.0), (0.9, -4.0), (-1.2, 0.5), (0.3, -7.0)])
+@pytest.mark.parametrize(
+    ("mean", "log_scale"), [(0.0, -2.0), (0.9, -4.0), (-1.2, 0.5), (0.3, -7.0)]
+)
 def test_discretized_logistic_sums_to_one_over_the_256_levels(mean, log_scale):
     levels = torch.arange(256).view(256, 1)
-    log_p = discretized_logistic_log_prob(levels, torch.full((256, 1), mean),
-                                          torch.full((256, 1), log_scale))
+    log_p = discretized_logistic_log_prob(
+        levels, torch.full((256, 1), mean), torch.full((256, 1), log_scale)
+    )
     assert torch.logsumexp(log_p.double().flatten(), 0).exp().item() == pytest.approx(1.0, abs=2e-3)
 
 
@@ -25,8 +28,10 @@ def test_bounds_and_maps_have_per_image_shapes_and_are_finite(likelihood):
     with torch.no_grad():
         eps = torch.randn(5, 1, 3)
         neg_elbo, iwae, bits_map, mse = model.scores(x, eps)
-    assert bits_map.shape == (5, 1, 8, 8) and mse.shape == (5,)
-    assert torch.all(torch.isfinite(neg_elbo)) and torch.all(torch.isfinite(iwae))
+    assert bits_map.shape == (5, 1, 8, 8)
+    assert mse.shape == (5,)
+    assert torch.all(torch.isfinite(neg_elbo))
+    assert torch.all(torch.isfinite(iwae))
 
 
 def test_more_importance_samples_tighten_the_bound():
@@ -63,4 +68,5 @@ def test_negative_elbo_upper_bounds_uniform_bits_for_untrained_model_roughly():
 def test_decoded_samples_are_uint8_images():
     model = VAE(VAEConfig(height=8, width=8, latent=3, hidden=4))
     samples = model.sample(3, generator=torch.Generator().manual_seed(0))
-    assert samples.shape == (3, 1, 8, 8) and samples.dtype == torch.uint8
+    assert samples.shape == (3, 1, 8, 8)
+    assert samples.dtype == torch.uint8

@@ -43,8 +43,10 @@ class PixelCNNConfig:
 
     def __post_init__(self):
         assert self.channels in (1, 3), "PixelCNN models 1 or 3 channels"
-        assert self.kernel % 2 == 1 and self.kernel >= 3, "kernel must be odd and >= 3"
-        assert self.hidden % self.channels == 0 and self.head % self.channels == 0
+        assert self.kernel % 2 == 1, "kernel must be odd"
+        assert self.kernel >= 3, "kernel must be >= 3"
+        assert self.hidden % self.channels == 0
+        assert self.head % self.channels == 0
 
 
 def group_of(index: torch.Tensor, size: int, groups: int) -> torch.Tensor:
@@ -52,8 +54,15 @@ def group_of(index: torch.Tensor, size: int, groups: int) -> torch.Tensor:
     return index * groups // size
 
 
-def group_mask(out_size: int, in_size: int, groups: int, *, strict: bool,
-               in_gated: bool = False, out_gated: bool = False) -> torch.Tensor:
+def group_mask(
+    out_size: int,
+    in_size: int,
+    groups: int,
+    *,
+    strict: bool,
+    in_gated: bool = False,
+    out_gated: bool = False,
+) -> torch.Tensor:
     """(out, in) mask: 1 where out's group may read in's group (strict: <, else <=).
 
     A gated tensor holds two halves [a | b] of the same group layout; `*_gated` says so.
@@ -79,16 +88,28 @@ class GroupMaskedConv(nn.Conv2d):
     With kw = 1 this is a masked 1x1 convolution.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, width: int, groups: int, *, strict: bool,
-                 in_gated: bool = False, out_gated: bool = False):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        width: int,
+        groups: int,
+        *,
+        strict: bool,
+        in_gated: bool = False,
+        out_gated: bool = False,
+    ):
         super().__init__(in_ch, out_ch, (1, width))
         mask = torch.ones(out_ch, in_ch, 1, width)
-        mask[:, :, 0, -1] = group_mask(out_ch, in_ch, groups, strict=strict,
-                                       in_gated=in_gated, out_gated=out_gated)
+        mask[:, :, 0, -1] = group_mask(
+            out_ch, in_ch, groups, strict=strict, in_gated=in_gated, out_gated=out_gated
+        )
         self.register_buffer("mask", mask, persistent=False)
 
     def forward(self, x):
-        return F.conv2d(F.pad(x, (self.kernel_size[1] - 1, 0, 0, 0)), self.weight * self.mask, self.bias)
+        return F.conv2d(
+            F.pad(x, (self.kernel_size[1] - 1, 0, 0, 0)), self.weight * self.mask, self.bias
+        )
 
 
 class VerticalConv(nn.Conv2d):
@@ -119,12 +140,16 @@ class GatedLayer(nn.Module):
         self.first = first
         self.v_conv = VerticalConv(in_ch, 2 * f, cfg.kernel)
         self.v_to_h = nn.Conv2d(2 * f, 2 * f, 1)  # reads shifted rows only: no mask needed
-        self.h_conv = GroupMaskedConv(in_ch, 2 * f, cfg.kernel // 2 + 1, c, strict=first,
-                                      out_gated=True)
+        self.h_conv = GroupMaskedConv(
+            in_ch, 2 * f, cfg.kernel // 2 + 1, c, strict=first, out_gated=True
+        )
         self.h_out = GroupMaskedConv(f, f, 1, c, strict=False)
         self.label_bias = nn.Embedding(cfg.num_classes, 4 * f) if cfg.num_classes else None
-        self.label_spatial = (nn.Conv2d(cfg.label_maps, 4 * f, 1, bias=False)
-                              if cfg.num_classes and cfg.height and cfg.label_maps else None)
+        self.label_spatial = (
+            nn.Conv2d(cfg.label_maps, 4 * f, 1, bias=False)
+            if cfg.num_classes and cfg.height and cfg.label_maps
+            else None
+        )
 
     def forward(self, v, h, label=None, maps=None):
         v_feat = self.v_conv(v)  # (B, 2F, H, W)
@@ -157,15 +182,16 @@ class PixelCNN(nn.Module):
         )
         self.label_maps = None
         if cfg.num_classes and cfg.height and cfg.label_maps:
-            self.label_maps = nn.Parameter(0.1 * torch.randn(cfg.num_classes, cfg.label_maps,
-                                                             cfg.height, cfg.width))
+            self.label_maps = nn.Parameter(
+                0.1 * torch.randn(cfg.num_classes, cfg.label_maps, cfg.height, cfg.width)
+            )
 
     def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         assert (label is not None) == bool(self.cfg.num_classes), "label iff class-conditional"
         v = h = x.float() / 127.5 - 1.0  # (B, C, H, W) in [-1, 1]
         maps = None
         if self.label_maps is not None:  # (B, maps, H, W); x may hold only the top rows (sampling)
-            maps = self.label_maps[label][:, :, :x.shape[2], :x.shape[3]]
+            maps = self.label_maps[label][:, :, : x.shape[2], : x.shape[3]]
         for layer in self.layers:
             v, h = layer(v, h, label, maps)
         logits = self.head(h)  # (B, C*256, H, W), channel-group major
@@ -182,14 +208,30 @@ class PixelCNN(nn.Module):
         """Negative log-likelihood per image in bits per dimension, (B,)."""
         return self.nll_bits_map(x, label).flatten(1).mean(1)
 
-    def sample(self, n: int, height: int, width: int, *, label: torch.Tensor | None = None,
-               temperature: float = 1.0, generator: torch.Generator | None = None,
-               progress: bool = False) -> torch.Tensor:
+    def sample(
+        self,
+        n: int,
+        height: int,
+        width: int,
+        *,
+        label: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
         """Draw n images (n, C, H, W) uint8, pixel by pixel and channel by channel.
 
         Every feature is computed once and kept (see `sampling.py`), batched over the n images.
         """
         from .sampling import sample
 
-        return sample(self, n, height, width, label=label, temperature=temperature,
-                      generator=generator, progress=progress)
+        return sample(
+            self,
+            n,
+            height,
+            width,
+            label=label,
+            temperature=temperature,
+            generator=generator,
+            progress=progress,
+        )

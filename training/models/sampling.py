@@ -30,8 +30,9 @@ from .pixelcnn import LEVELS, PixelCNN
 Chooser = Callable[[torch.Tensor, int, int, int], torch.Tensor]
 
 
-def draw_levels(logits: torch.Tensor, temperature: float = 1.0,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def draw_levels(
+    logits: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """One level per row of `logits` (B, 256) from softmax(logits / T), by inverse CDF (B,) uint8.
 
     One uniform per image: cheaper than `torch.multinomial`, which draws 256 exponentials.
@@ -92,8 +93,16 @@ def _gate(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def autoregress(model: PixelCNN, n: int, height: int, width: int, choose: Chooser, *,
-                label: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
+def autoregress(
+    model: PixelCNN,
+    n: int,
+    height: int,
+    width: int,
+    choose: Chooser,
+    *,
+    label: torch.Tensor | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
     """Fill n images (n, C, H, W) uint8 in raster order, asking `choose` for every sub-pixel."""
     cfg = model.cfg
     assert (label is not None) == bool(cfg.num_classes), "label iff class-conditional"
@@ -107,15 +116,22 @@ def autoregress(model: PixelCNN, n: int, height: int, width: int, choose: Choose
     head_1, head_2 = model.head[0], model.head[2]
     head_1_weight = _flat(head_1.weight * head_1.mask)
     head_2_weight = _flat(head_2.weight * head_2.mask)  # (head, C*256), channel-group major
-    head_2_split = [(head_2_weight[:, c * LEVELS:(c + 1) * LEVELS].contiguous(),
-                     head_2.bias[c * LEVELS:(c + 1) * LEVELS]) for c in range(cfg.channels)]
+    head_2_split = [
+        (
+            head_2_weight[:, c * LEVELS : (c + 1) * LEVELS].contiguous(),
+            head_2.bias[c * LEVELS : (c + 1) * LEVELS],
+        )
+        for c in range(cfg.channels)
+    ]
     channels, kh, half, hidden = cfg.channels, cfg.kernel // 2 + 1, cfg.kernel // 2, cfg.hidden
     kw = kh  # the horizontal kernel is 1 x (k//2 + 1)
 
     # Vertical inputs of every layer for all rows, padded as VerticalConv pads them: kh - 1 zero
     # rows on top, `half` zero columns each side. v_in[0] is the image, v_in[l] layer l-1's output.
-    v_in = [torch.zeros(n, ch, height + kh - 1, width + 2 * half, device=device)
-            for ch in [channels] + [hidden] * (len(layers) - 1)]
+    v_in = [
+        torch.zeros(n, ch, height + kh - 1, width + 2 * half, device=device)
+        for ch in [channels] + [hidden] * (len(layers) - 1)
+    ]
     # Per layer, the horizontal pre-activation's row constant, (n, W, 2F): v_to_h of the row above
     # plus biases. Row 0 sees zeros above.
     h_const = [layer.h_row_bias(0).expand(n, width, -1).contiguous() for layer in layers]
@@ -124,13 +140,15 @@ def autoregress(model: PixelCNN, n: int, height: int, width: int, choose: Choose
     rows = tqdm(range(height), desc="sampling rows", unit="row", disable=not progress, leave=False)
     for i in rows:
         # Horizontal inputs of every layer for the current row, kw - 1 zero columns on the left.
-        h_in = [torch.zeros(n, width + kw - 1, ch, device=device)
-                for ch in [channels] + [hidden] * len(layers)]
+        h_in = [
+            torch.zeros(n, width + kw - 1, ch, device=device)
+            for ch in [channels] + [hidden] * len(layers)
+        ]
         for j in range(width):
             col = j + kw - 1
             for c in range(channels):
                 for index, layer in enumerate(layers):
-                    window = h_in[index][:, j:j + kw].reshape(n, -1)  # (n, kw*in), a view
+                    window = h_in[index][:, j : j + kw].reshape(n, -1)  # (n, kw*in), a view
                     h_feat = torch.addmm(h_const[index][:, j], window, layer.h_weight)
                     out = h_in[index + 1][:, col]
                     torch.addmm(layer.out_bias, _gate(h_feat), layer.out_weight, out=out)
@@ -142,15 +160,16 @@ def autoregress(model: PixelCNN, n: int, height: int, width: int, choose: Choose
                 x[:, c, i, j] = level
                 h_in[0][:, col, c] = level.float() / 127.5 - 1.0
         # Row i is final: its vertical features, once per layer.
-        v_in[0][:, :, i + kh - 1, half:half + width] = x[:, :, i].float() / 127.5 - 1.0
+        v_in[0][:, :, i + kh - 1, half : half + width] = x[:, :, i].float() / 127.5 - 1.0
         for index, layer in enumerate(layers):
-            v_feat = F.conv2d(v_in[index][:, :, i:i + kh], layer.v_weight, layer.v_bias)[:, :, 0]
+            v_feat = F.conv2d(v_in[index][:, :, i : i + kh], layer.v_weight, layer.v_bias)[:, :, 0]
             if i + 1 < height:
                 above = v_feat.transpose(1, 2) @ layer.v_to_h  # (n, W, 2F)
                 h_const[index] = above.add_(layer.h_row_bias(i + 1))
             if index + 1 < len(layers):
-                v_in[index + 1][:, :, i + kh - 1, half:half + width] = _gate_channels(
-                    v_feat + layer.v_row_bias(i))
+                v_in[index + 1][:, :, i + kh - 1, half : half + width] = _gate_channels(
+                    v_feat + layer.v_row_bias(i)
+                )
     return x
 
 
@@ -160,10 +179,19 @@ def _gate_channels(x: torch.Tensor) -> torch.Tensor:
     return torch.tanh(a).mul_(torch.sigmoid(b))
 
 
-def sample(model: PixelCNN, n: int, height: int, width: int, *, label: torch.Tensor | None = None,
-           temperature: float = 1.0, generator: torch.Generator | None = None,
-           progress: bool = False) -> torch.Tensor:
+def sample(
+    model: PixelCNN,
+    n: int,
+    height: int,
+    width: int,
+    *,
+    label: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
     """Draw n images (n, C, H, W) uint8 with the cached sampler (a progress bar over rows)."""
+
     def draw(logits: torch.Tensor, i: int, j: int, c: int) -> torch.Tensor:
         return draw_levels(logits, temperature, generator)
 
@@ -171,22 +199,30 @@ def sample(model: PixelCNN, n: int, height: int, width: int, *, label: torch.Ten
 
 
 @torch.no_grad()
-def sample_naive(model: PixelCNN, n: int, height: int, width: int, *,
-                 label: torch.Tensor | None = None, temperature: float = 1.0,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_naive(
+    model: PixelCNN,
+    n: int,
+    height: int,
+    width: int,
+    *,
+    label: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """The reference: for every sub-pixel, rerun the network on the rows up to the current one."""
     device = next(model.parameters()).device
     x = torch.zeros(n, model.cfg.channels, height, width, dtype=torch.uint8, device=device)
     for i in range(height):
         for j in range(width):
             for c in range(model.cfg.channels):
-                logits = model(x[:, :, :i + 1], label)[:, c, :, i, j]  # (n, 256)
+                logits = model(x[:, :, : i + 1], label)[:, c, :, i, j]  # (n, 256)
                 x[:, c, i, j] = draw_levels(logits, temperature, generator)
     return x
 
 
-def teacher_forced_logits(model: PixelCNN, images: torch.Tensor, label: torch.Tensor | None = None
-                          ) -> torch.Tensor:
+def teacher_forced_logits(
+    model: PixelCNN, images: torch.Tensor, label: torch.Tensor | None = None
+) -> torch.Tensor:
     """The logits the cached sampler computes when fed `images` (B, C, H, W): (B, C, 256, H, W).
 
     Equal to `model(images, label)` up to float rounding when the caching is exact.

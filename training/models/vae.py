@@ -39,8 +39,9 @@ class VAEConfig:
         assert self.channels in (1, 3)
 
 
-def discretized_logistic_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor
-                                  ) -> torch.Tensor:
+def discretized_logistic_log_prob(
+    x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor
+) -> torch.Tensor:
     """log P(x) for uint8 levels x under a logistic discretised to 256 bins on [-1, 1].
 
     Bin k covers [c_k - 1/255, c_k + 1/255] with c_k = 2k/255 - 1; the end bins take the tails.
@@ -66,9 +67,12 @@ class VAE(nn.Module):
         c, h = cfg.channels, cfg.hidden
         label_ch = cfg.num_classes
         self.encoder = nn.Sequential(
-            nn.Conv2d(c + label_ch, h, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(h, 2 * h, 4, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(2 * h, 4 * h, 4, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(c + label_ch, h, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(h, 2 * h, 4, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(2 * h, 4 * h, 4, stride=2, padding=1),
+            nn.SiLU(),
         )
         with torch.no_grad():
             probe = self.encoder(torch.zeros(1, c + label_ch, cfg.height, cfg.width))
@@ -79,8 +83,10 @@ class VAE(nn.Module):
         out_per_pixel = 2 if cfg.likelihood == "logistic" else LEVELS
         self.decoder = nn.Sequential(
             nn.SiLU(),
-            nn.ConvTranspose2d(4 * h, 2 * h, 4, stride=2, padding=1), nn.SiLU(),
-            nn.ConvTranspose2d(2 * h, h, 4, stride=2, padding=1), nn.SiLU(),
+            nn.ConvTranspose2d(4 * h, 2 * h, 4, stride=2, padding=1),
+            nn.SiLU(),
+            nn.ConvTranspose2d(2 * h, h, 4, stride=2, padding=1),
+            nn.SiLU(),
             nn.Conv2d(h, c * out_per_pixel, 3, padding=1),
         )
 
@@ -152,7 +158,9 @@ class VAE(nn.Module):
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)  # (B,)
         neg_elbo = -log_px_sum.mean(1) + kl
         log_pz = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(2)  # (B, K)
-        log_qz = -0.5 * (eps.pow(2) + math.log(2 * math.pi)).sum(2) - 0.5 * logvar.sum(1, keepdim=True)
+        log_qz = -0.5 * (eps.pow(2) + math.log(2 * math.pi)).sum(2) - 0.5 * logvar.sum(
+            1, keepdim=True
+        )
         log_w = log_px_sum + log_pz - log_qz
         # log K as a tensor (math.log(k) would freeze K into the exported graph)
         iwae = -(torch.logsumexp(log_w, dim=1) - torch.log(torch.ones_like(log_w).sum(1)))
@@ -170,8 +178,9 @@ class VAE(nn.Module):
         return (kl - log_px) / (x[0].numel() * _LOG2)
 
     @torch.no_grad()
-    def sample(self, n: int, *, label: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, n: int, *, label: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Images from the prior: z ~ N(0, I), x = the decoder's most likely level, (n, C, H, W)."""
         device = next(self.parameters()).device
         z = torch.randn(n, self.cfg.latent, generator=generator, device=device)
