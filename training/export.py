@@ -96,11 +96,11 @@ def export_graph(
 DEFAULT_SCORES = {
     "pixelcnn": (
         "nll_minus_zlib",
-        "input-complexity correction (zlib): in benchmarks/results/quality.md (H200, 120 s "
-        "per model) AUROC 0.989 on Fashion-MNIST vs MNIST against 0.051 for raw NLL and 0.62 "
-        "for the likelihood ratio, which also moved by up to 0.08 between budgets on the "
-        "one-class protocol; one-class means (0.57-0.60 MNIST, 0.70 Fashion-MNIST) are poor "
-        "for every PixelCNN score, so the pair decides.",
+        "input-complexity correction (zlib): on Fashion-MNIST vs MNIST AUROC 0.994 "
+        "(benchmarks/results/quality_pair_150s.md, H200, 150 s per model) against 0.066 for raw "
+        "NLL and 0.76 for the likelihood ratio, which moved by up to 0.14 between runs; one-class "
+        "means (0.57-0.60 MNIST, 0.70 Fashion-MNIST, benchmarks/results/quality.md) are poor for "
+        "every PixelCNN score, so the pair decides.",
     ),
     "vae": (
         "iwae_minus_png",
