@@ -6,7 +6,7 @@ Imports numpy, onnxruntime, scikit-learn and Pillow; never torch, never a web fr
 from .bundle import Bundle, write_bundle
 from .calibration import conformal_p_values, conformal_threshold
 from .detector import Detector, ScoreResult
-from .errors import BundleError, InputError, NotFittedError
+from .errors import BundleError, InputError
 
 __version__ = "0.1.0"
 
@@ -21,3 +21,12 @@ __all__ = [
     "conformal_threshold",
     "write_bundle",
 ]
+
+
+def __getattr__(name: str):
+    if name == "NotFittedError":  # scikit-learn's, imported on first use (see errors.py)
+        from .errors import NotFittedError
+
+        return NotFittedError
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -1,6 +1,8 @@
-"""The named exceptions of the runtime core. Both are ValueErrors: bad input, said plainly."""
+"""The named exceptions of the runtime core. Both are ValueErrors: bad input, said plainly.
 
-from sklearn.exceptions import NotFittedError
+`NotFittedError` is scikit-learn's own (the estimators raise it through scikit-learn's checks); it
+is imported on first use, so loading a bundle and scoring do not pay for importing scikit-learn.
+"""
 
 
 class BundleError(ValueError):
@@ -11,4 +13,13 @@ class InputError(ValueError):
     """Images or scores given to a detector are not what it accepts."""
 
 
-__all__ = ["BundleError", "InputError", "NotFittedError"]
+def __getattr__(name: str):
+    if name == "NotFittedError":
+        from sklearn.exceptions import NotFittedError
+
+        return NotFittedError
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+__all__ = ["BundleError", "InputError", "NotFittedError"]  # noqa: F822 (provided by __getattr__)
