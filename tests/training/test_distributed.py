@@ -106,4 +106,9 @@ def test_normalcy_train_runs_unchanged_under_torchrun(tmp_path):
     assert summary["epochs"] == 2
     detector = Detector.load(out, device="cpu")
     assert detector.metadata["training"]["n_train"] > 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.onnx", "digits.pt"]
+    # rank 0 alone writes the bundle, its checkpoint and the training report
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "digits-report",
+        "digits.onnx",
+        "digits.pt",
+    ]
