@@ -7,7 +7,7 @@ import pytest
 DIGITS_NORMAL = [0, 1, 2, 3, 4]
 
 
-def _train(kind: str, out, **extra):
+def _train(kind: str, out, train=None, **extra):
     from training.pipeline import TrainJob, run
     from training.train import TrainConfig
 
@@ -21,7 +21,7 @@ def _train(kind: str, out, **extra):
         str(out),
         normal_classes=DIGITS_NORMAL,
         model=model,
-        train=TrainConfig(epochs=2, seed=0),
+        train=train or TrainConfig(epochs=2, seed=0),
         progress=False,
         calibration=0.25,
         **extra,
@@ -55,28 +55,12 @@ def digits_test():
 
 def _train_conditional(kind: str, out):
     """A class-conditional bundle on digits 0-4: trained long enough that the label matters."""
-    from training.pipeline import TrainJob, run
     from training.train import TrainConfig
 
-    model = {
-        "pixelcnn": {"hidden": 16, "layers": 3, "kernel": 3, "head": 32},
-        "vae": {"latent": 4, "hidden": 8},
-    }[kind]
     train = TrainConfig(
         epochs=10, batch_size=16, lr=3e-3, warmup_steps=10, patience=10, seed=0, conditional=True
     )
-    job = TrainJob(
-        kind,
-        "digits:train",
-        str(out),
-        normal_classes=DIGITS_NORMAL,
-        model=model,
-        train=train,
-        progress=False,
-        calibration=0.25,
-    )
-    bundle, _ = run(job)
-    return bundle
+    return _train(kind, out, train=train)
 
 
 @pytest.fixture(scope="session")
