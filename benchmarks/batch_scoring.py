@@ -35,7 +35,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-NORMALCY = [sys.executable, "-m", "service.cli"]
+NORMALCY = [sys.executable, "-m", "normalcy.cli"]
 PER_FOLDER = 1000  # PNGs per sub-folder, as large image sets are usually sharded
 
 
@@ -44,13 +44,13 @@ def source_images(datasets: Path, split: str, n: int) -> np.ndarray:
     """(n, 1, 28, 28) uint8: MNIST when present, else scikit-learn's digits upscaled (cycled)."""
     path = datasets / "mnist" / f"{split}-images-idx3-ubyte.gz"
     if path.exists():
-        from detectors.datasets import read_idx
+        from detectors.sources import read_idx
 
         images = read_idx(path)[:, None]
     else:
         from PIL import Image
 
-        from detectors.datasets import load_digits
+        from detectors.sources import load_digits
 
         digits = load_digits("train" if split == "train" else "test").images[:, 0]
         big = [Image.fromarray(d).resize((28, 28), Image.Resampling.BILINEAR) for d in digits]

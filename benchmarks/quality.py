@@ -85,7 +85,8 @@ class CodeLengths:
 
 def build_graph(unit: Unit, infos: dict[str, dict], image_shape, samples: int):
     """Export the unit's graph from its checkpoints: (graph bytes, base metadata)."""
-    from training.export import base_metadata, export_graph_bytes
+    from detectors.spec import TrainingFacts
+    from training.export import base_spec, export_graph_bytes
     from training.train import model_from_checkpoint
 
     _, model, _ = model_from_checkpoint(infos["model"]["checkpoint"])
@@ -103,25 +104,25 @@ def build_graph(unit: Unit, infos: dict[str, dict], image_shape, samples: int):
             for role, info in infos.items()
         },
     }
-    meta = base_metadata(
+    meta = base_spec(
         unit.kind,
         model,
         image_shape,
         has_background=background is not None,
         samples=samples,
         alpha=0.01,
-        training=training,
+        training=TrainingFacts.from_json(training, "training"),
     )
     return graph, meta
 
 
 def onnx_outputs(bundle, images: np.ndarray, *, batch_size: int = 256) -> tuple[dict, np.ndarray]:
     """Every graph output but the map, and the map's moments, through ONNX Runtime on CPU."""
-    from detectors.fitting import map_moments
+    from detectors.calibration import map_moments
     from detectors.runtime import OnnxSession
 
     session = OnnxSession(bundle, device="cpu")
-    map_name = bundle.metadata["heatmap"]["output"]
+    map_name = bundle.spec.heatmap.output
     names = [o.name for o in session.session.get_outputs() if o.name != map_name]
     parts: dict[str, list] = {name: [] for name in names}
     moments = 0.0
@@ -139,7 +140,7 @@ def finish_unit(
     """Scores, metrics and calibration figures for one unit (and its bundle for protocol 1)."""
     from detectors.bundle import Bundle, write_bundle
     from detectors.evaluation import detection_metrics
-    from detectors.fitting import metadata_with_reference
+    from detectors.fitting import with_reference
     from detectors.runtime import scores_from_outputs
     from training.export import score_specs
 
@@ -200,9 +201,7 @@ def finish_unit(
                     for name in ort
                 }
             source = f"{unit.dataset} train, calibration split ({len(sets['calibration'])} images)"
-            meta = metadata_with_reference(
-                meta, scores["calibration"], moments=moments, source=source
-            )
+            meta = with_reference(meta, scores["calibration"], moments=moments, source=source)
             write_bundle(graph, meta, path)
             Bundle.read(path)  # refuses an inconsistent file
             record["bundle"] = str(path)

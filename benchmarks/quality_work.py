@@ -64,7 +64,7 @@ class Item:
 # --- data (the same in the main process and every worker) -----------------------------------------
 @lru_cache(maxsize=8)
 def load_dataset(datasets_dir: str, name: str, split: str):
-    from detectors.datasets import load_idx
+    from detectors.sources import load_idx
 
     prefix = "train" if split == "train" else "t10k"
     return load_idx(Path(datasets_dir) / name / f"{prefix}-images-idx3-ubyte.gz")
@@ -119,7 +119,7 @@ def torch_outputs(
     per-pixel map moments (2, C, H, W) for heat-map statistics."""
     import torch
 
-    from detectors.fitting import map_moments
+    from detectors.calibration import map_moments
     from detectors.runtime import vae_noise
     from training.export import PixelCNNGraph, VAEGraph
 

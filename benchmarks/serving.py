@@ -86,7 +86,7 @@ def make_bundle(kind: str, out: Path, quick: bool) -> Path:
     command = [
         sys.executable,
         "-m",
-        "service.cli",
+        "normalcy.cli",
         "train",
         kind,
         "--data",
@@ -122,14 +122,12 @@ def bundles(args) -> dict[str, Path]:
 
 def request_images(bundle: Path, quick: bool, count: int = 64) -> np.ndarray:
     from detectors.bundle import Bundle
-    from detectors.datasets import load
+    from detectors.sources import load
 
-    spec = Bundle.read(bundle).metadata["input"]
+    shape = Bundle.read(bundle).spec.input.shape
     images = load(data_spec(quick)[1]).images[:count]
-    if images.shape[1:] != (spec["channels"], spec["height"], spec["width"]):
-        images = np.random.default_rng(0).integers(
-            0, 256, (count, spec["channels"], spec["height"], spec["width"]), dtype=np.uint8
-        )
+    if images.shape[1:] != shape:
+        images = np.random.default_rng(0).integers(0, 256, (count, *shape), dtype=np.uint8)
     return images
 
 
@@ -254,7 +252,7 @@ def run_normalcy(kind: str, bundle: Path, images: np.ndarray, max_batch_size: in
     command = [
         sys.executable,
         "-m",
-        "service.cli",
+        "normalcy.cli",
         "serve",
         "--models",
         str(folder),

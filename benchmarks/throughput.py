@@ -49,11 +49,7 @@ def worker(runtime: str, bundle_path: str, batch: int, seconds: float, threads: 
     from detectors.bundle import Bundle
 
     bundle = Bundle.read(bundle_path)
-    shape = (
-        bundle.metadata["input"]["channels"],
-        bundle.metadata["input"]["height"],
-        bundle.metadata["input"]["width"],
-    )
+    shape = bundle.spec.input.shape
     images = _images(shape, batch)
     if runtime == "onnxruntime":
         from detectors.runtime import OnnxSession
@@ -73,16 +69,16 @@ def worker(runtime: str, bundle_path: str, batch: int, seconds: float, threads: 
         x = torch.from_numpy(images)
         if kind == "pixelcnn":
             background = None
-            if bundle.metadata["model"].get("background"):  # the graph runs both models
+            if bundle.spec.model.background:  # the graph runs both models
                 _, background, _ = model_from_checkpoint(
                     path.with_name(f"{path.stem}.background.pt")
                 )
             graph = PixelCNNGraph(model, background).eval()
             args = (x,)
         else:
-            noise = bundle.metadata["noise"]
+            noise = bundle.spec.noise
             graph = VAEGraph(model).eval()
-            args = (x, torch.randn(batch, noise["samples"], noise["latent_dim"]))
+            args = (x, torch.randn(batch, noise.samples, noise.latent_dim))
 
         def step():
             with torch.inference_mode():

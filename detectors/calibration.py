@@ -91,6 +91,13 @@ def min_reference_size(alpha: float) -> int:
     return math.ceil(1.0 / check_alpha(alpha) - 1e-9) - 1
 
 
+def map_moments(bits_map) -> np.ndarray:
+    """Per-pixel sum and sum of squares of maps (B, C, H, W), stacked as (2, C, H, W): summed
+    over batches, they give the per-pixel mean and std of normal images' heat maps."""
+    bits_map = np.asarray(bits_map, dtype=np.float64)
+    return np.stack([bits_map.sum(0), (bits_map**2).sum(0)])
+
+
 def benjamini_hochberg(p_values) -> np.ndarray:
     """Benjamini-Hochberg q-values: flag q <= Q to control the false discovery rate at Q.
 

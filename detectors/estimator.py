@@ -51,7 +51,11 @@ class _ThresholdDetector(OutlierMixin, BaseEstimator):
 
     def decision_function(self, X) -> np.ndarray:
         """threshold_ - score: negative for anomalies, zero on the threshold (normal)."""
-        return self.score_samples(X) - self.offset_
+        scores = self.score_samples(X)
+        if self.offset_ is None:
+            msg = "this detector was fitted with rule=None: it has no operating point"
+            raise InputError(msg)
+        return scores - self.offset_
 
     def predict(self, X) -> np.ndarray:
         """-1 for anomalies, +1 for normal images."""
@@ -90,16 +94,17 @@ class LabelledThresholdDetector(_ThresholdDetector):
 
     fit(X, y) with y = 1 for anomalies and 0 for normal images. `rule` is "fpr" (highest recall
     with false-positive rate <= target), "recall" (lowest false-positive rate with recall >=
-    target) or "f1" (highest F1); `probability` is "isotonic", "logistic" or None.
+    target), "f1" (highest F1) or None (no operating point: only the map); `probability` is
+    "isotonic", "logistic" or None.
 
-    Fitted attributes: choice_ (ThresholdChoice: threshold, rates, reason), threshold_, offset_,
-    probability_map_ (ProbabilityMap or None).
+    Fitted attributes: choice_ (ThresholdChoice: threshold, rates, reason; None without a rule),
+    threshold_, offset_ (None without a rule), probability_map_ (ProbabilityMap or None).
     """
 
     def __init__(
         self,
         *,
-        rule: str = "f1",
+        rule: str | None = "f1",
         target: float | None = None,
         probability: str | None = "isotonic",
         anomaly_rate: float | None = None,
@@ -115,12 +120,16 @@ class LabelledThresholdDetector(_ThresholdDetector):
         if labels.shape != scores.shape or not np.all(np.isin(labels, (0, 1))):
             msg = f"y must hold one 0 (normal) or 1 (anomaly) per score; got shape {labels.shape}"
             raise InputError(msg)
+        if self.rule is None and self.probability is None:
+            msg = "nothing to fit: give a rule for the operating point, a probability map or both"
+            raise InputError(msg)
         normal, anomalous = scores[labels == 0], scores[labels == 1]
-        self.choice_: ThresholdChoice = choose_threshold(
-            normal, anomalous, rule=self.rule, target=self.target
-        )
-        self.threshold_ = self.choice_.threshold
-        self.offset_ = -self.threshold_
+        self.choice_: ThresholdChoice | None = None
+        self.threshold_ = self.offset_ = None
+        if self.rule is not None:
+            self.choice_ = choose_threshold(normal, anomalous, rule=self.rule, target=self.target)
+            self.threshold_ = self.choice_.threshold
+            self.offset_ = -self.threshold_
         self.probability_map_ = (
             None
             if self.probability is None
@@ -143,6 +152,9 @@ class LabelledThresholdDetector(_ThresholdDetector):
         """The alpha whose conformal rule `p <= alpha` flags the same scores as `s > threshold_`
         against this reference (up to the reference's grid)."""
         check_is_fitted(self)
+        if self.threshold_ is None:
+            msg = "this detector was fitted with rule=None: it has no threshold to match"
+            raise InputError(msg)
         return alpha_for_threshold(
             reference_from_scores(as_scores(reference_scores)), self.threshold_
         )

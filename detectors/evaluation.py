@@ -6,7 +6,6 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from .detector import Detector
-from .fitting import score_all
 
 
 def detection_metrics(normal_scores: np.ndarray, anomalous_scores: np.ndarray) -> dict[str, float]:
@@ -34,21 +33,14 @@ def evaluate(
     """Every score of `detector` on normal (and anomalous) images, with the rate flagged at alpha.
     A conditional detector needs the labels of both sets."""
     alpha = detector.default_alpha if alpha is None else alpha
-    normal = detector.check_images(normal)
-    normal_scores, _ = score_all(
-        detector.session,
-        normal,
-        batch_size=batch_size,
-        labels=detector.check_labels(normal_labels, len(normal)),
+    normal_scores, _ = detector.raw_scores_batched(
+        normal, labels=normal_labels, batch_size=batch_size
     )
     anomalous_scores = None
     if anomalous is not None and len(anomalous):
-        anomalous = detector.check_images(anomalous)
-        labels = detector.check_labels(anomalous_labels, len(anomalous))
-        anomalous_scores, _ = score_all(
-            detector.session, anomalous, batch_size=batch_size, labels=labels
+        anomalous_scores, _ = detector.raw_scores_batched(
+            anomalous, labels=anomalous_labels, batch_size=batch_size
         )
-    likelihood = "nll" if detector.kind == "pixelcnn" else "iwae"
     rows = []
     for name in detector.score_names:
         threshold = detector.threshold(name, alpha)
@@ -65,7 +57,7 @@ def evaluate(
         "alpha": alpha,
         "n_normal": len(normal),
         "n_anomalous": 0 if anomalous_scores is None else len(anomalous),
-        "normal_bits_per_dim": float(np.mean(normal_scores[likelihood])),
+        "normal_bits_per_dim": float(np.mean(normal_scores[detector.spec.likelihood_score])),
         "rows": rows,
     }
 

@@ -1,54 +1,78 @@
 """Fit a bundle's calibration on held-out normal images: the reference of every score and the
 per-pixel statistics that turn heat maps into z-scores; with labelled anomalies, the operating
-point and maps to P(anomaly). Runs the graph; never touches its weights."""
+point and maps to P(anomaly). Runs the graph; never touches its weights.
+
+The calibration math is the estimators' (estimator.py): a ConformalDetector per score keeps its
+reference, a LabelledThresholdDetector chooses the operating point and fits P(anomaly).
+"""
 
 from __future__ import annotations
 
-import copy
+from dataclasses import replace
 
 import numpy as np
 
 from .bundle import Bundle
-from .calibration import (
-    alpha_for_threshold,
-    check_alpha,
-    conformal_threshold,
-    reference_from_scores,
-)
+from .calibration import check_alpha, conformal_threshold
+from .detector import Detector
 from .errors import InputError
-from .images import as_uint8_batch
-from .labels import check_labels, label_spec
-from .runtime import OnnxSession
-from .supervised import choose_threshold, fit_probability_map
+from .estimator import ConformalDetector, LabelledThresholdDetector
+from .spec import BundleSpec
 
 
-def score_all(
-    session: OnnxSession,
-    images: np.ndarray,
+def with_reference(
+    spec: BundleSpec,
+    scores: dict[str, np.ndarray],
     *,
-    batch_size: int = 256,
-    with_map: bool = False,
-    labels=None,
-) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Every score the bundle offers for `images` (with their `labels` for a conditional bundle),
-    in batches; optionally the maps' sum and sum of squares per pixel (for heat-map statistics),
-    stacked as (2, C, H, W)."""
-    names = session.bundle.score_names()
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    moments = None
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        batch_labels = None if labels is None else labels[start : start + batch_size]
-        values, bits_map = session.raw_scores(batch, names, with_map=with_map, labels=batch_labels)
-        for name in names:
-            parts[name].append(values[name])
-        if bits_map is not None:
-            batch_moments = map_moments(bits_map)
-            moments = batch_moments if moments is None else moments + batch_moments
-    return {name: np.concatenate(chunks) for name, chunks in parts.items()}, moments
+    moments: np.ndarray | None = None,
+    alpha: float | None = None,
+    source: str | None = None,
+) -> BundleSpec:
+    """`spec` with references from the given scores of held-out normal images (one array per
+    score the bundle offers) and heat-map statistics from `moments` (the maps' per-pixel sum and
+    sum of squares over the same images, see calibration.map_moments). Arrays in, a spec out."""
+    missing = set(spec.scores) - set(scores)
+    if missing:
+        msg = f"no calibration scores for {sorted(missing)}"
+        raise InputError(msg)
+    sizes = {len(np.atleast_1d(scores[name])) for name in spec.scores}
+    if len(sizes) != 1:
+        msg = f"calibration scores of different lengths {sorted(sizes)}"
+        raise InputError(msg)
+    n = sizes.pop()
+    alpha = check_alpha(spec.calibration.alpha if alpha is None else alpha)
+    references = {}
+    for name in spec.scores:
+        try:
+            conformal = ConformalDetector(alpha=alpha).fit(scores[name])
+        except InputError as error:
+            msg = f"score {name!r} on the calibration images: {error}"
+            raise InputError(msg) from None
+        references[name] = tuple(conformal.reference_.tolist())
+    heatmap = spec.heatmap
+    if moments is not None and heatmap is not None:
+        mean = moments[0] / n
+        std = np.sqrt(np.maximum(moments[1] / n - mean**2, 0.0))
+        heatmap = replace(
+            heatmap,
+            mean=tuple(mean.ravel().round(5).tolist()),
+            std=tuple(std.ravel().round(5).tolist()),
+        )
+    calibration = replace(
+        spec.calibration,
+        alpha=alpha,
+        n_reference=n,
+        data=spec.calibration.data if source is None else source,
+    )
+    return replace(
+        spec,
+        scores={name: replace(s, reference=references[name]) for name, s in spec.scores.items()},
+        heatmap=heatmap,
+        calibration=calibration,
+    )
 
 
-def calibrated_metadata(
+def calibrated_spec(
     bundle: Bundle,
     images,
     *,
@@ -57,11 +81,11 @@ def calibrated_metadata(
     source: str | None = None,
     batch_size: int = 256,
     device: str = "auto",
-) -> dict:
-    """Metadata with references recomputed on `images` (normal, never seen in training). A
-    conditional bundle needs their true `labels`: the reference is then the scores of normal images
-    given their own class, pooled over classes."""
-    meta, _ = recalibrate(
+) -> BundleSpec:
+    """The bundle's metadata with references recomputed on `images` (normal, never seen in
+    training). A conditional bundle needs their true `labels`: the reference is then the scores of
+    normal images given their own class, pooled over classes."""
+    spec, _ = recalibrate(
         bundle,
         images,
         labels=labels,
@@ -70,53 +94,7 @@ def calibrated_metadata(
         batch_size=batch_size,
         device=device,
     )
-    return meta
-
-
-def map_moments(bits_map: np.ndarray) -> np.ndarray:
-    """Per-pixel sum and sum of squares of maps (B, C, H, W), stacked as (2, C, H, W)."""
-    bits_map = np.asarray(bits_map, dtype=np.float64)
-    return np.stack([bits_map.sum(0), (bits_map**2).sum(0)])
-
-
-def metadata_with_reference(
-    metadata: dict,
-    scores: dict[str, np.ndarray],
-    *,
-    moments: np.ndarray | None = None,
-    alpha: float | None = None,
-    source: str | None = None,
-) -> dict:
-    """A copy of `metadata` whose references are the given scores of held-out normal images (one
-    array per score the bundle offers) and whose heat-map statistics come from `moments` (the
-    maps' per-pixel sum and sum of squares over the same images). Arrays in, JSON out."""
-    meta = copy.deepcopy(metadata)
-    missing = set(meta["scores"]) - set(scores)
-    if missing:
-        msg = f"no calibration scores for {sorted(missing)}"
-        raise InputError(msg)
-    sizes = {len(np.atleast_1d(scores[name])) for name in meta["scores"]}
-    if len(sizes) != 1:
-        msg = f"calibration scores of different lengths {sorted(sizes)}"
-        raise InputError(msg)
-    n = sizes.pop()
-    for name in meta["scores"]:
-        try:
-            meta["scores"][name]["reference"] = reference_from_scores(scores[name]).tolist()
-        except InputError as error:
-            msg = f"score {name!r} on the calibration images: {error}"
-            raise InputError(msg) from None
-    if moments is not None and meta.get("heatmap"):
-        mean = moments[0] / n
-        std = np.sqrt(np.maximum(moments[1] / n - mean**2, 0.0))
-        meta["heatmap"]["mean"] = mean.ravel().round(5).tolist()
-        meta["heatmap"]["std"] = std.ravel().round(5).tolist()
-    calibration = meta["calibration"]
-    calibration["alpha"] = check_alpha(calibration["alpha"] if alpha is None else alpha)
-    calibration["n_reference"] = n
-    if source is not None:
-        calibration["data"] = source
-    return meta
+    return spec
 
 
 def recalibrate(
@@ -136,7 +114,7 @@ def recalibrate(
     anomalous_source: str | None = None,
     batch_size: int = 256,
     device: str = "auto",
-) -> tuple[dict, dict]:
+) -> tuple[BundleSpec, dict]:
     """New metadata for `bundle` (the graph is untouched) and a summary of what changed.
 
     The references are recomputed on `normal`, held-out normal images. With `anomalous` images:
@@ -153,62 +131,56 @@ def recalibrate(
     if rule is not None and anomalous is None:
         msg = f"rule {rule!r} needs labelled anomalous images"
         raise InputError(msg)
-    score = score or bundle.metadata["default_score"]
-    if score not in bundle.metadata["scores"]:
-        msg = f"unknown score {score!r}; this bundle offers {bundle.score_names()}"
-        raise InputError(msg)
-    spec = bundle.metadata["input"]
-    shape = {"channels": spec["channels"], "height": spec["height"], "width": spec["width"]}
-    normal = as_uint8_batch(normal, **shape)
-    anomalous = None if anomalous is None else as_uint8_batch(anomalous, **shape)
-    label_input = label_spec(bundle.metadata)
-    labels = check_labels(labels, len(normal), label_input)
+    score = bundle.spec.score_name(score)
+    detector = Detector(bundle, device=device, raw_only=True)
+    # Everything is checked before the first image is scored.
+    normal = detector.check_images(normal)
+    labels = detector.check_labels(labels, len(normal))
     if anomalous is not None:
-        anomalous_labels = check_labels(anomalous_labels, len(anomalous), label_input)
-    session = OnnxSession(bundle, device=device)
-    has_map = bool(bundle.metadata.get("heatmap"))
-    normal_scores, moments = score_all(
-        session, normal, batch_size=batch_size, with_map=has_map, labels=labels
+        anomalous = detector.check_images(anomalous)
+        anomalous_labels = detector.check_labels(anomalous_labels, len(anomalous))
+    normal_scores, moments = detector.raw_scores_batched(
+        normal, labels=labels, batch_size=batch_size, with_moments=True
     )
-    meta = metadata_with_reference(
-        bundle.metadata, normal_scores, moments=moments, alpha=alpha, source=source
-    )
-    calibration = meta["calibration"]
-    calibration.pop("choice", None)
-    for score_spec in meta["scores"].values():
-        score_spec.pop("probability", None)
+    spec = with_reference(bundle.spec, normal_scores, moments=moments, alpha=alpha, source=source)
+    scores = {name: replace(s, probability=None) for name, s in spec.scores.items()}
+    calibration = replace(spec.calibration, choice=None)
     summary: dict = {"n_reference": len(normal), "choice": None, "probability": None}
     if anomalous is not None:
-        anomalous_scores, _ = score_all(
-            session, anomalous, batch_size=batch_size, labels=anomalous_labels
+        anomalous_scores, _ = detector.raw_scores_batched(
+            anomalous, labels=anomalous_labels, batch_size=batch_size
         )
-        if rule is not None:
-            choice = choose_threshold(
-                normal_scores[score], anomalous_scores[score], rule=rule, target=target
-            )
-            reference = np.asarray(meta["scores"][score]["reference"])
-            calibration["alpha"] = alpha_for_threshold(reference, choice.threshold)
-            calibration["choice"] = {
-                "score": score,
-                **choice.to_json(),
-                "alpha": calibration["alpha"],
-                "normal_data": source,
-                "anomalous_data": anomalous_source,
-                "note": "rates measured on the calibration images themselves (in-sample)",
-            }
-            summary["choice"] = calibration["choice"]
-        if probability is not None:
-            for name in meta["scores"]:
-                meta["scores"][name]["probability"] = fit_probability_map(
-                    normal_scores[name],
-                    anomalous_scores[name],
-                    method=probability,
-                    anomaly_rate=anomaly_rate,
-                ).to_json()
-            summary["probability"] = probability
-    summary["alpha"] = calibration["alpha"]
+        y = np.r_[np.zeros(len(normal)), np.ones(len(anomalous))]
+        for name in scores:
+            # The chosen score's estimator also picks the operating point; each maps P(anomaly).
+            name_rule = rule if name == score else None
+            if name_rule is None and probability is None:
+                continue
+            fitted = LabelledThresholdDetector(
+                rule=name_rule, target=target, probability=probability, anomaly_rate=anomaly_rate
+            ).fit(np.r_[normal_scores[name], anomalous_scores[name]], y)
+            if name_rule is not None:
+                chosen = fitted.conformal_alpha(np.asarray(scores[name].reference))
+                calibration = replace(
+                    calibration,
+                    alpha=chosen,
+                    choice={
+                        "score": name,
+                        **fitted.choice_.to_json(),
+                        "alpha": chosen,
+                        "normal_data": source,
+                        "anomalous_data": anomalous_source,
+                        "note": "rates measured on the calibration images themselves (in-sample)",
+                    },
+                )
+                summary["choice"] = calibration.choice
+            if probability is not None:
+                scores[name] = replace(scores[name], probability=fitted.probability_map_)
+        summary["probability"] = probability
+    spec = replace(spec, scores=scores, calibration=calibration)
+    summary["alpha"] = calibration.alpha
     summary["thresholds"] = {
-        name: conformal_threshold(np.asarray(s["reference"]), calibration["alpha"])
-        for name, s in meta["scores"].items()
+        name: conformal_threshold(np.asarray(s.reference), calibration.alpha)
+        for name, s in scores.items()
     }
-    return meta, summary
+    return spec, summary

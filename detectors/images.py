@@ -1,18 +1,43 @@
-"""Turning what users send (encoded files, arrays) into the uint8 (B, C, H, W) a bundle takes."""
+"""The one input contract: what a bundle takes (InputSpec), the 0..255 pixel rule, and the one
+conversion of an image, decoded or stored as an array, to the bundle's uint8 (C, H, W).
+
+Every entry point reads images through here: the detector, the HTTP service, the batch jobs and the
+data sources, so an image is accepted, converted or refused alike wherever it comes in.
+"""
 
 from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
+from .spec import BundleSpec
 
 # Decompression bombs: refuse images with more pixels than this before decoding them.
 DEFAULT_MAX_PIXELS = 16_000_000
 _MODES = {1: "L", 3: "RGB"}
+
+
+def to_uint8(values: np.ndarray, name: str = "images") -> np.ndarray:
+    """The pixel rule: values must be finite whole numbers within 0..255, and become uint8 as they
+    are; nothing is ever clipped or rescaled."""
+    if values.dtype == np.uint8:
+        return values
+    array = values.astype(np.float64)
+    if not np.all(np.isfinite(array)):
+        msg = f"{name}: pixel values include NaN or infinity"
+        raise InputError(msg)
+    if array.size and (array.min() < 0 or array.max() > 255):
+        msg = f"{name}: pixel values must be within 0..255, got {array.min():g}..{array.max():g}"
+        raise InputError(msg)
+    if not np.all(array == np.round(array)):
+        msg = f"{name}: pixel values must be whole numbers 0..255 (uint8 levels), got fractions"
+        raise InputError(msg)
+    return array.astype(np.uint8)
 
 
 def decode_image(
@@ -45,72 +70,90 @@ def decode_image(
     return image
 
 
-def pil_to_array(
-    image: Image.Image,
-    *,
-    channels: int,
-    height: int,
-    width: int,
-    resize: bool = True,
-    convert: bool = True,
-    name: str = "image",
-) -> np.ndarray:
-    """Convert a PIL image to uint8 (C, H, W) in the bundle's colour mode and size."""
-    mode = _MODES[channels]
-    if image.mode != mode:
-        if not convert:
-            msg = f"{name}: colour mode {image.mode} but the model takes {mode}"
+@dataclass(frozen=True)
+class InputSpec:
+    """The uint8 images (C, H, W) a bundle takes, and whether images of another size or colour
+    mode are converted to them (`resize`, `convert`) or refused."""
+
+    channels: int
+    height: int
+    width: int
+    resize: bool = True
+    convert: bool = True
+
+    @classmethod
+    def of(cls, spec: BundleSpec) -> InputSpec:
+        """The input contract a bundle's metadata states."""
+        return cls(
+            *spec.input.shape,
+            resize=spec.preprocessing.resize == "bilinear",
+            convert=spec.preprocessing.color == "convert",
+        )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.channels, self.height, self.width
+
+    def from_image(self, image: Image.Image, name: str = "image") -> np.ndarray:
+        """A decoded image -> uint8 (C, H, W), converted as the spec allows, else InputError."""
+        mode = _MODES[self.channels]
+        if image.mode != mode:
+            if not self.convert:
+                msg = f"{name}: colour mode {image.mode} but the model takes {mode}"
+                raise InputError(msg)
+            if image.mode.startswith("I"):
+                # 16/32-bit grey: scale to 8 bits rather than clip.
+                array = np.asarray(image, dtype=np.float64)
+                top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+                image = Image.fromarray(np.round(array / top * 255.0).astype(np.uint8))
+            try:
+                image = image.convert(mode)
+            except ValueError:
+                msg = f"{name}: cannot convert colour mode {image.mode} to {mode}"
+                raise InputError(msg) from None
+        if image.size != (self.width, self.height):
+            if not self.resize:
+                msg = (
+                    f"{name}: size {image.size[0]}x{image.size[1]} but the model takes "
+                    f"{self.width}x{self.height}"
+                )
+                raise InputError(msg)
+            image = image.resize((self.width, self.height), Image.Resampling.BILINEAR)
+        array = np.asarray(image, dtype=np.uint8)
+        return (
+            array[None] if self.channels == 1 else np.ascontiguousarray(np.moveaxis(array, -1, 0))
+        )
+
+    def from_array(self, image: np.ndarray, name: str = "image") -> np.ndarray:
+        """A stored image (C, H, W) of any numeric dtype -> uint8 in the model's shape: the pixel
+        rule first, then the same conversion as a decoded image when the shape differs."""
+        image = to_uint8(image, name)
+        if image.shape == self.shape:
+            return image
+        pil = Image.fromarray(image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1))
+        return self.from_image(pil, name)
+
+    def batch(self, images) -> np.ndarray:
+        """Check a batch of images and return it as uint8 (B, C, H, W).
+
+        Accepts (B, C, H, W), or (B, H, W) for one channel, exactly of the model's size: a batch
+        is never resized. Values follow the pixel rule.
+        """
+        array = np.asarray(images)
+        if array.dtype == object or not (
+            np.issubdtype(array.dtype, np.number) or array.dtype == bool
+        ):
+            msg = f"images must be a numeric array, got dtype {array.dtype}"
             raise InputError(msg)
-        if image.mode.startswith("I"):
-            # 16/32-bit grey: scale to 8 bits rather than clip.
-            array = np.asarray(image, dtype=np.float64)
-            top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
-            image = Image.fromarray(np.round(array / top * 255.0).astype(np.uint8))
-        try:
-            image = image.convert(mode)
-        except ValueError:
-            msg = f"{name}: cannot convert colour mode {image.mode} to {mode}"
-            raise InputError(msg) from None
-    if image.size != (width, height):
-        if not resize:
+        if array.ndim == 3 and self.channels == 1:
+            array = array[:, None]
+        if array.ndim != 4 or array.shape[1:] != self.shape:
             msg = (
-                f"{name}: size {image.size[0]}x{image.size[1]} but the model takes {width}x{height}"
+                f"images must have shape (B, {self.channels}, {self.height}, {self.width}), "
+                f"got {array.shape}"
             )
             raise InputError(msg)
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-    array = np.asarray(image, dtype=np.uint8)
-    return array[None] if channels == 1 else np.ascontiguousarray(np.moveaxis(array, -1, 0))
-
-
-def as_uint8_batch(images, *, channels: int, height: int, width: int) -> np.ndarray:
-    """Check an array of images and return it as uint8 (B, C, H, W).
-
-    Accepts (B, C, H, W), or (B, H, W) for one channel. Non-uint8 input must be finite, whole and
-    within 0..255: values are never silently clipped or rescaled.
-    """
-    array = np.asarray(images)
-    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-        msg = f"images must be a numeric array, got dtype {array.dtype}"
-        raise InputError(msg)
-    if array.ndim == 3 and channels == 1:
-        array = array[:, None]
-    expected = (channels, height, width)
-    if array.ndim != 4 or array.shape[1:] != expected:
-        msg = f"images must have shape (B, {channels}, {height}, {width}), got {array.shape}"
-        raise InputError(msg)
-    if array.shape[0] == 0:
-        msg = "no images given"
-        raise InputError(msg)
-    if array.dtype == np.uint8:
-        return np.ascontiguousarray(array)
-    values = array.astype(np.float64)
-    if not np.all(np.isfinite(values)):
-        msg = "images contain NaN or infinite values"
-        raise InputError(msg)
-    if values.min() < 0 or values.max() > 255:
-        msg = f"pixel values must be within 0..255, got {values.min():g}..{values.max():g}"
-        raise InputError(msg)
-    if not np.all(values == np.round(values)):
-        msg = "pixel values must be whole numbers 0..255 (uint8 levels), got fractions"
-        raise InputError(msg)
-    return values.astype(np.uint8)
+        if array.shape[0] == 0:
+            msg = "no images given"
+            raise InputError(msg)
+        return np.ascontiguousarray(to_uint8(array))

@@ -1,8 +1,8 @@
 """Class labels for conditional bundles, which score "is this a normal example of class y".
 
-A conditional bundle's metadata carries `labels`: {"input": graph input name, "dtype": "int64",
-"num_classes": K, "classes": the labels seen in training}. Its graph takes one int64 label per
-image; labels outside `classes` would index untrained (or missing) embeddings, so they are refused.
+A conditional bundle's metadata carries `labels` (spec.LabelSpec: the graph input's name,
+num_classes K, and the classes seen in training). Its graph takes one int64 label per image; labels
+outside `classes` would index untrained (or missing) embeddings, so they are refused.
 """
 
 from __future__ import annotations
@@ -10,14 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import InputError
+from .spec import LabelSpec
 
 
-def label_spec(metadata: dict) -> dict | None:
-    """The bundle's label input, or None for an unconditional bundle."""
-    return metadata.get("labels")
-
-
-def check_labels(labels, n_images: int, spec: dict | None) -> np.ndarray | None:
+def check_labels(labels, n_images: int, spec: LabelSpec | None) -> np.ndarray | None:
     """Validate labels for `n_images` images against a bundle's label spec; int64 (B,) or None.
 
     An unconditional bundle (spec None) takes no labels; a conditional one needs one whole number
@@ -28,7 +24,7 @@ def check_labels(labels, n_images: int, spec: dict | None) -> np.ndarray | None:
             msg = "this model is not conditional: it takes no labels"
             raise InputError(msg)
         return None
-    classes = spec["classes"]
+    classes = list(spec.classes)
     if labels is None:
         msg = f"this model is class-conditional: give one label per image, one of {classes}"
         raise InputError(msg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,9 @@ import onnxruntime as ort
 from .bundle import Bundle
 from .complexity import code_length_bits_per_dim
 from .errors import BundleError
-from .labels import check_labels, label_spec
+from .labels import check_labels
+from .score_kinds import ComplexityScore, DifferenceScore, OutputScore, ScoreSpec
+from .spec import NoiseSpec
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
@@ -61,30 +64,27 @@ class OnnxSession:
         log.info("loaded %s (%s) on %s", bundle.path, bundle.kind, self.provider)
 
     def _check_graph(self) -> None:
-        meta = self.bundle.metadata
+        spec = self.bundle.spec
         where = self.bundle.path or "bundle"
         inputs = {node.name: node for node in self.session.get_inputs()}
         outputs = {node.name for node in self.session.get_outputs()}
-        spec = meta["input"]
-        image = inputs.get(spec["name"])
+        name = spec.input.name
+        image = inputs.get(name)
         if image is None:
-            msg = f"{where}: metadata names input {spec['name']!r}, graph has {sorted(inputs)}"
+            msg = f"{where}: metadata names input {name!r}, graph has {sorted(inputs)}"
             raise BundleError(msg)
         if image.type != "tensor(uint8)":
-            msg = f"{where}: graph input {spec['name']!r} is {image.type}, metadata says uint8"
+            msg = f"{where}: graph input {name!r} is {image.type}, metadata says uint8"
             raise BundleError(msg)
-        expected = [spec["channels"], spec["height"], spec["width"]]
+        expected = list(spec.input.shape)
         if len(image.shape) != 4 or list(image.shape[1:]) != expected:
             msg = (
                 f"{where}: graph input shape {image.shape} disagrees with metadata (B, {expected})"
             )
             raise BundleError(msg)
-        noise = meta.get("noise")
-        labels = label_spec(meta)
+        noise, labels = spec.noise, spec.labels
         wanted_inputs = (
-            {spec["name"]}
-            | ({noise["input"]} if noise else set())
-            | ({labels["input"]} if labels else set())
+            {name} | ({noise.input} if noise else set()) | ({labels.input} if labels else set())
         )
         if set(inputs) != wanted_inputs:
             msg = (
@@ -92,18 +92,11 @@ class OnnxSession:
                 f"{sorted(wanted_inputs)}"
             )
             raise BundleError(msg)
-        if labels and inputs[labels["input"]].type != "tensor(int64)":
-            found = inputs[labels["input"]].type
-            msg = f"{where}: graph input {labels['input']!r} is {found}, metadata says int64"
+        if labels and inputs[labels.input].type != "tensor(int64)":
+            found = inputs[labels.input].type
+            msg = f"{where}: graph input {labels.input!r} is {found}, metadata says int64"
             raise BundleError(msg)
-        needed = set()
-        for score in meta["scores"].values():
-            needed.add(score["output"])
-            if score["kind"] == "difference":
-                needed.add(score["minus_output"])
-        if meta.get("heatmap"):
-            needed.add(meta["heatmap"]["output"])
-        missing = needed - outputs
+        missing = spec.graph_outputs() - outputs
         if missing:
             msg = f"{where}: metadata refers to outputs {sorted(missing)} that the graph lacks"
             raise BundleError(msg)
@@ -111,14 +104,13 @@ class OnnxSession:
     def run(self, images: np.ndarray, outputs: list[str], *, labels=None) -> dict[str, np.ndarray]:
         """Run the graph on uint8 (B, C, H, W) images (and, for a conditional bundle, their class
         labels (B,)) and return the named outputs."""
-        feeds = {self.bundle.metadata["input"]["name"]: images}
-        spec = label_spec(self.bundle.metadata)
-        checked = check_labels(labels, len(images), spec)
-        if spec:
-            feeds[spec["input"]] = checked
-        noise = self.bundle.metadata.get("noise")
-        if noise:
-            feeds[noise["input"]] = vae_noise(noise, len(images))
+        spec = self.bundle.spec
+        feeds = {spec.input.name: images}
+        checked = check_labels(labels, len(images), spec.labels)
+        if spec.labels:
+            feeds[spec.labels.input] = checked
+        if spec.noise:
+            feeds[spec.noise.input] = vae_noise(spec.noise, len(images))
         values = self.session.run(outputs, feeds)
         return dict(zip(outputs, values, strict=True))
 
@@ -126,9 +118,9 @@ class OnnxSession:
         self, images: np.ndarray, names: list[str], *, with_map: bool = False, labels=None
     ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         """Raw scores (B,) for each named score, and the per-pixel map (B, C, H, W) if asked."""
-        specs = self.bundle.metadata["scores"]
-        needed = [out for name in names for out in outputs_of(specs[name])]
-        map_output = self.bundle.metadata["heatmap"]["output"] if with_map else None
+        specs = self.bundle.spec.scores
+        needed = [out for name in names for out in specs[name].inputs()]
+        map_output = self.bundle.spec.heatmap.output if with_map else None
         if map_output:
             needed.append(map_output)
         values = self.run(images, list(dict.fromkeys(needed)), labels=labels)
@@ -136,23 +128,17 @@ class OnnxSession:
         return scores, (values[map_output] if map_output else None)
 
 
-def vae_noise(noise: dict, batch: int) -> np.ndarray:
-    """The VAE's reparameterisation noise (B, K, latent) float32 from the bundle's `noise` spec.
+def vae_noise(noise: NoiseSpec, batch: int) -> np.ndarray:
+    """The VAE's reparameterisation noise (B, K, latent) float32 from the bundle's noise spec.
 
     The same draw for every image, so an image's score does not depend on its batch.
     """
-    shape = (noise["samples"], noise["latent_dim"])
-    draw = np.random.default_rng(noise["seed"]).standard_normal(shape)
+    draw = np.random.default_rng(noise.seed).standard_normal((noise.samples, noise.latent_dim))
     return np.ascontiguousarray(np.broadcast_to(draw, (batch, *draw.shape)), dtype=np.float32)
 
 
-def outputs_of(spec: dict) -> list[str]:
-    """The graph outputs one score needs."""
-    return [spec["output"]] + ([spec["minus_output"]] if spec["kind"] == "difference" else [])
-
-
 def scores_from_outputs(
-    specs: dict,
+    specs: Mapping[str, ScoreSpec],
     names: list[str],
     outputs: dict[str, np.ndarray],
     *,
@@ -165,18 +151,20 @@ def scores_from_outputs(
     scores = {}
     for name in names:
         spec = specs[name]
-        raw = np.asarray(outputs[spec["output"]], dtype=np.float64)
-        if spec["kind"] == "complexity":
-            compressor = spec["compressor"]
-            if code_lengths is not None and compressor in code_lengths:
-                bits = np.asarray(code_lengths[compressor], dtype=np.float64)
+        if not isinstance(spec, OutputScore):
+            msg = f"score {name!r}: this runtime cannot compute scores of kind {spec.kind!r}"
+            raise BundleError(msg)
+        raw = np.asarray(outputs[spec.output], dtype=np.float64)
+        if isinstance(spec, ComplexityScore):
+            if code_lengths is not None and spec.compressor in code_lengths:
+                bits = np.asarray(code_lengths[spec.compressor], dtype=np.float64)
             elif images is not None:
-                bits = code_length_bits_per_dim(images, compressor)
+                bits = code_length_bits_per_dim(images, spec.compressor)
             else:
-                msg = f"score {name!r} needs the images or their {compressor} code lengths"
+                msg = f"score {name!r} needs the images or their {spec.compressor} code lengths"
                 raise ValueError(msg)
             raw = raw - bits
-        elif spec["kind"] == "difference":
-            raw = raw - np.asarray(outputs[spec["minus_output"]], dtype=np.float64)
+        elif isinstance(spec, DifferenceScore):
+            raw = raw - np.asarray(outputs[spec.minus_output], dtype=np.float64)
         scores[name] = raw
     return scores

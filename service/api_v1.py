@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -11,12 +9,15 @@ from starlette.datastructures import QueryParams, UploadFile
 from starlette.exceptions import HTTPException
 
 from detectors import ScoreResult
+from detectors.calibration import check_alpha
+from detectors.errors import InputError
+from detectors.images import InputSpec
 
-from . import inputs
+from . import requests
 from .deps import ModelDep, RegistryDep, ScoringDep, require_admin_key
 from .errors import ApiError
-from .inputs import ImageSpec, ParsedImages
-from .models import ModelEntry
+from .model import ServedModel
+from .requests import Limits, ParsedImages
 from .schemas import ERRORS, ModelList, ReloadResponse, ScoreResponse
 
 router = APIRouter(prefix="/v1", tags=["scoring"])
@@ -93,12 +94,9 @@ def score_options(query: QueryParams) -> dict:
     alpha = query.get("alpha")
     if alpha is not None:
         try:
-            alpha = float(alpha)
-        except ValueError:
-            alpha = math.nan
-        if not 0.0 < alpha < 1.0:
-            msg = f"alpha must be a number in (0, 1), got {query['alpha']!r}"
-            raise ApiError(400, "invalid_alpha", msg)
+            alpha = check_alpha(alpha)
+        except InputError as error:
+            raise ApiError(400, "invalid_alpha", str(error)) from None
     heatmap = query.get("heatmap", "false").lower()
     if heatmap not in _TRUE + _FALSE:
         raise ApiError(400, "invalid_request", f"heatmap must be true or false, got {heatmap!r}")
@@ -141,13 +139,9 @@ async def score_images(request: Request, scoring: ScoringDep) -> JSONResponse:
     """
     model, settings = scoring.model, scoring.settings
     options = score_options(request.query_params)
-    spec = ImageSpec.for_model(
-        model.detector.metadata,
-        max_pixels=settings.max_pixels,
-        max_images=settings.max_images_per_request,
-    )
+    limits = Limits(settings.max_pixels, settings.max_images_per_request)
     with model.batcher.arriving() as arrival:  # the batcher may wait for this request
-        parsed = await read_images(request, spec)
+        parsed = await read_images(request, model.detector.input_spec, limits)
         if parsed.labels is not None:
             if options["labels"] is not None:
                 msg = "labels given twice (query and body); give them once"
@@ -177,7 +171,7 @@ async def reload_models(registry: RegistryDep) -> dict:
     }
 
 
-async def read_images(request: Request, spec: ImageSpec) -> ParsedImages:
+async def read_images(request: Request, spec: InputSpec, limits: Limits) -> ParsedImages:
     """The request body, whichever of the accepted forms it takes, as a checked uint8 batch."""
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
@@ -192,12 +186,12 @@ async def read_images(request: Request, spec: ImageSpec) -> ParsedImages:
         )
         raise ApiError(400, "empty_body", msg)
     if media == "multipart/form-data":
-        files = await _multipart_files(request, spec)
-        return await inputs.parse(len(body), inputs.from_files, files, spec)
+        files = await _multipart_files(request, limits)
+        return await requests.parse(len(body), requests.from_files, files, spec, limits)
     if media == "application/json":
-        return await inputs.parse(len(body), inputs.from_json, body, spec)
+        return await requests.parse(len(body), requests.from_json, body, spec, limits)
     if media.startswith("image/") or media == "application/octet-stream":
-        array = await inputs.parse(len(body), inputs.decode, body, spec, "body")
+        array = await requests.parse(len(body), requests.decode, body, spec, limits, "body")
         return ParsedImages(array[None], [None])
     msg = (
         f"Content-Type {media or '(none)'!r} is not accepted; use multipart/form-data, "
@@ -206,12 +200,12 @@ async def read_images(request: Request, spec: ImageSpec) -> ParsedImages:
     raise ApiError(415, "unsupported_media_type", msg)
 
 
-async def _multipart_files(request: Request, spec: ImageSpec) -> list[tuple[str, bytes]]:
+async def _multipart_files(request: Request, limits: Limits) -> list[tuple[str, bytes]]:
     try:
-        form = await request.form(max_files=spec.max_images, max_fields=16)
+        form = await request.form(max_files=limits.max_images, max_fields=16)
     except HTTPException as error:
         if str(error.detail).startswith("Too many files"):
-            msg = f"more than {spec.max_images} images in one request"
+            msg = f"more than {limits.max_images} images in one request"
             raise ApiError(413, "too_many_images", msg) from None
         raise ApiError(400, "invalid_multipart", str(error.detail)) from None
     try:
@@ -231,7 +225,7 @@ def _round(values: np.ndarray) -> list:
 
 
 def score_answer(
-    model: ModelEntry, result: ScoreResult, names: list[str | None], labels: list | None = None
+    model: ServedModel, result: ScoreResult, names: list[str | None], labels: list | None = None
 ) -> dict:
     threshold = float(result.threshold) if np.isfinite(result.threshold) else None
     per_image = []

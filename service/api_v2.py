@@ -18,11 +18,13 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 import detectors
+from detectors.calibration import check_alpha
+from detectors.errors import InputError
 
 from .deps import ModelDep, RegistryDep, Scoring, ScoringDep, get_scoring
 from .errors import ApiError
-from .inputs import parse, to_uint8
-from .models import ModelEntry
+from .model import ServedModel
+from .requests import parse, pixels
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
@@ -31,13 +33,13 @@ DEFAULT_OUTPUTS = ("score", "p_value", "is_anomaly")
 _NUMPY = {"FP64": np.float64, "FP32": np.float32, "BOOL": np.bool_}
 
 
-def _check_version(model: ModelEntry, version: str) -> None:
+def _check_version(model: ServedModel, version: str) -> None:
     if version != model.version:
         msg = f"model {model.name!r} serves version {model.version}, not {version!r}"
         raise ApiError(404, "unknown_version", msg)
 
 
-async def get_model_version(version: str, model: ModelDep) -> ModelEntry:
+async def get_model_version(version: str, model: ModelDep) -> ServedModel:
     _check_version(model, version)
     return model
 
@@ -48,7 +50,7 @@ async def get_scoring_version(name: str, version: str, request: Request) -> Scor
     return scoring
 
 
-VersionedModelDep = Annotated[ModelEntry, Depends(get_model_version)]
+VersionedModelDep = Annotated[ServedModel, Depends(get_model_version)]
 VersionedScoringDep = Annotated[Scoring, Depends(get_scoring_version)]
 
 
@@ -74,7 +76,7 @@ async def ready(registry: RegistryDep) -> dict:
     return {"ready": True}
 
 
-def _metadata(model: ModelEntry) -> dict:
+def _metadata(model: ServedModel) -> dict:
     channels, height, width = model.detector.input_shape
     outputs = [
         {"name": "score", "datatype": "FP64", "shape": [-1]},
@@ -85,16 +87,12 @@ def _metadata(model: ModelEntry) -> dict:
         outputs.append(
             {"name": "heatmap", "datatype": "FP32", "shape": [-1, channels, height, width]}
         )
+    spec = model.detector.spec
     inputs = [
-        {
-            "name": model.detector.metadata["input"]["name"],
-            "datatype": "UINT8",
-            "shape": [-1, channels, height, width],
-        }
+        {"name": spec.input.name, "datatype": "UINT8", "shape": [-1, channels, height, width]}
     ]
-    labels = model.detector.metadata.get("labels")
-    if labels:  # a class-conditional model: one class per image
-        inputs.append({"name": labels["input"], "datatype": "INT64", "shape": [-1]})
+    if spec.labels:  # a class-conditional model: one class per image
+        inputs.append({"name": spec.labels.input, "datatype": "INT64", "shape": [-1]})
     return {
         "name": model.name,
         "versions": [model.version],
@@ -204,7 +202,7 @@ def _fail(message: str, code: str = "invalid_tensor") -> NoReturn:
 
 
 def parse_request(
-    body: bytes, header_length: str | None, model: ModelEntry, max_images: int
+    body: bytes, header_length: str | None, model: ServedModel, max_images: int
 ) -> dict:
     """A v2 inference request -> images, score, alpha, requested outputs {name: binary}, id."""
     binary = b""
@@ -223,8 +221,8 @@ def parse_request(
         _fail(f"the request is not valid JSON ({error})", "invalid_json")
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         _fail('expected a JSON object with an "inputs" list', "invalid_request")
-    name = model.detector.metadata["input"]["name"]
-    label_spec = model.detector.metadata.get("labels")
+    name = model.detector.spec.input.name
+    label_spec = model.detector.spec.labels
     tensors = request["inputs"]
     if not label_spec:
         if len(tensors) != 1 or not isinstance(tensors[0], dict):
@@ -233,22 +231,25 @@ def parse_request(
         labels = None
     else:
         by_name = {t.get("name"): t for t in tensors if isinstance(t, dict)}
-        if len(tensors) != 2 or set(by_name) != {name, label_spec["input"]}:
+        if len(tensors) != 2 or set(by_name) != {name, label_spec.input}:
             _fail(
                 f"this class-conditional model takes two input tensors, {name!r} and "
-                f"{label_spec['input']!r} (one class per image)"
+                f"{label_spec.input!r} (one class per image)"
             )
         images = _input_tensor(by_name[name], binary, model, max_images)
-        labels = _labels_tensor(by_name[label_spec["input"]], len(images))
+        labels = _labels_tensor(by_name[label_spec.input], len(images))
 
     parameters = request.get("parameters") or {}
     if not isinstance(parameters, dict):
         _fail('"parameters" must be an object', "invalid_request")
     alpha = parameters.get("alpha")
-    if alpha is not None and (
-        isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 1
-    ):
-        _fail(f"parameter alpha must be a number in (0, 1), got {alpha!r}", "invalid_alpha")
+    if alpha is not None:
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float):
+            _fail(f"parameter alpha must be a number in (0, 1), got {alpha!r}", "invalid_alpha")
+        try:
+            alpha = check_alpha(alpha)
+        except InputError as error:
+            _fail(f"parameter {error}", "invalid_alpha")
     score = parameters.get("score")
     if score is not None and not isinstance(score, str):
         _fail(f"parameter score must be a string, got {score!r}", "invalid_request")
@@ -264,7 +265,7 @@ def parse_request(
         "images": images,
         "labels": labels,
         "score": score,
-        "alpha": None if alpha is None else float(alpha),
+        "alpha": alpha,
         "outputs": outputs,
         "id": request.get("id"),
     }
@@ -284,8 +285,8 @@ def _labels_tensor(tensor: dict, count: int) -> list:
     return data
 
 
-def _input_tensor(tensor: dict, binary: bytes, model: ModelEntry, max_images: int) -> np.ndarray:
-    name = model.detector.metadata["input"]["name"]
+def _input_tensor(tensor: dict, binary: bytes, model: ServedModel, max_images: int) -> np.ndarray:
+    name = model.detector.spec.input.name
     channels, height, width = model.detector.input_shape
     if tensor.get("name") != name:
         _fail(f"input is named {tensor.get('name')!r}; this model's input is {name!r}")
@@ -332,5 +333,5 @@ def _input_tensor(tensor: dict, binary: bytes, model: ModelEntry, max_images: in
             _fail("input data must be numbers (0..255)", "invalid_pixels")
         if array.size != size:
             _fail(f"input data holds {array.size} values; shape {shape} needs {size}")
-        array = to_uint8(array.ravel(), "input")
+        array = pixels(array.ravel(), "input")
     return array.reshape(count, channels, height, width)

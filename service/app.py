@@ -21,7 +21,7 @@ from .deps import MetricsDep, RegistryDep
 from .errors import install_error_handlers
 from .metrics import CONTENT_TYPE, Metrics
 from .middleware import BodyLimit, RequestMetrics
-from .models import ModelRegistry
+from .registry import ModelRegistry
 from .settings import Settings
 
 log = logging.getLogger(__name__)

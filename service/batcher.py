@@ -19,14 +19,21 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-# infer(key, images) -> arrays whose first axis is the image; key groups jobs that run together.
-# Jobs that carry per-image labels (conditional models) are run as infer(key, images, labels).
-InferFn = Callable[..., dict[str, np.ndarray | None]]
+
+class Sliceable(Protocol):
+    def __getitem__(self, images: slice): ...
+
+
+# execute(key, images, labels) -> a result whose first axis is the image: `result[start:stop]` is
+# the part of one request. `key` groups the jobs that may run together; `labels` are the images'
+# class labels (conditional models) or None.
+ExecuteFn = Callable[[Hashable, np.ndarray, np.ndarray | None], Sliceable]
 
 
 class Rejected(Exception):
@@ -78,7 +85,7 @@ class BatchStats:
 class MicroBatcher:
     def __init__(
         self,
-        infer: InferFn,
+        execute: ExecuteFn,
         *,
         max_batch_size: int,
         max_wait_ms: float,
@@ -90,7 +97,7 @@ class MicroBatcher:
         if max_batch_size < 1 or capacity < 1 or max_wait_ms < 0:
             msg = "max_batch_size and capacity must be >= 1, max_wait_ms >= 0"
             raise ValueError(msg)
-        self.infer = infer
+        self.execute = execute
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self.capacity = capacity
@@ -258,17 +265,17 @@ class MicroBatcher:
         except Exception as error:
             return error
 
-    def _call(self, key: Hashable, jobs: list[_Job]) -> list[dict]:
+    def _call(self, key: Hashable, jobs: list[_Job]) -> list:
         images = jobs[0].images if len(jobs) == 1 else np.concatenate([j.images for j in jobs])
+        labels = None if jobs[0].labels is None else np.concatenate([j.labels for j in jobs])
         started = time.perf_counter()
-        if jobs[0].labels is None:
-            outputs = self.infer(key, images)
-        else:
-            outputs = self.infer(key, images, np.concatenate([j.labels for j in jobs]))
+        result = self.execute(key, images, labels)
         self._on_inference(BatchStats(len(images), time.perf_counter() - started))
+        if len(jobs) == 1:
+            return [result]
         sliced, start = [], 0
         for job in jobs:
             stop = start + len(job.images)
-            sliced.append({k: None if v is None else v[start:stop] for k, v in outputs.items()})
+            sliced.append(result[start:stop])
             start = stop
         return sliced

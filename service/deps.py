@@ -17,7 +17,8 @@ from starlette.datastructures import Headers
 
 from .errors import ApiError
 from .metrics import Metrics
-from .models import ModelEntry, ModelRegistry
+from .model import ServedModel
+from .registry import ModelRegistry
 from .settings import Settings
 
 
@@ -38,11 +39,11 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 
 
-async def get_model(name: str, request: Request) -> ModelEntry:
+async def get_model(name: str, request: Request) -> ServedModel:
     return request.app.state.registry.get(name)
 
 
-ModelDep = Annotated[ModelEntry, Depends(get_model)]
+ModelDep = Annotated[ServedModel, Depends(get_model)]
 
 
 def _same(given: str | None, expected: str) -> bool:
@@ -65,7 +66,7 @@ def check_api_key(settings: Settings, headers: Headers) -> None:
 class Scoring:
     """What a scoring route needs: the model it names (caller authorised), registry, settings."""
 
-    model: ModelEntry
+    model: ServedModel
     registry: ModelRegistry
     settings: Settings
 

@@ -48,7 +48,7 @@ def vae_bundle(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def digits_test():
-    from detectors.datasets import load_digits
+    from detectors.sources import load_digits
 
     return load_digits("test")
 

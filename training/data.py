@@ -1,6 +1,6 @@
 """Training data: a spec string -> normal images -> deterministic train / validation / calibration.
 
-The loaders themselves live in `detectors.datasets` (scoring jobs need them without torch); this
+The loaders themselves live in `detectors.sources` (scoring jobs need them without torch); this
 module adds what only training needs: class selection, seeded splits, and perturbation for
 background models.
 """
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from detectors.datasets import ImageSet, load, parse_classes
 from detectors.errors import InputError
+from detectors.sources import ImageSet, load, parse_classes
 
 __all__ = ["ImageSet", "Splits", "load", "parse_classes", "perturb", "split"]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from detectors import Detector
-from detectors.datasets import load_digits
 from detectors.evaluation import evaluate
+from detectors.sources import load_digits
 
 from .pipeline import TrainJob, run
 from .train import TrainConfig

@@ -16,7 +16,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from detectors.bundle import FORMAT, FORMAT_VERSION, HIGHER_IS_ANOMALOUS
+from detectors.score_kinds import ComplexityScore, DifferenceScore, OutputScore, ScoreSpec
+from detectors.spec import (
+    LIKELIHOOD_SCORES,
+    BundleSpec,
+    Calibration,
+    HeatmapSpec,
+    ImageInput,
+    LabelSpec,
+    ModelInfo,
+    NoiseSpec,
+    Preprocessing,
+    TrainingFacts,
+)
 
 from .models import VAE, PixelCNN
 
@@ -118,68 +130,54 @@ def default_score(kind: str, scores: dict) -> tuple[str, str]:
     name, reason = DEFAULT_SCORES[kind]
     if name in scores:
         return name, reason
-    fallback = "nll_minus_zlib" if kind == "pixelcnn" else "iwae_minus_zlib"
+    fallback = f"{LIKELIHOOD_SCORES[kind]}_minus_zlib"
     return fallback, f"{name} is not offered by this bundle; {DEFAULT_SCORES[kind][1]}"
 
 
-def score_specs(kind: str, has_background: bool) -> tuple[dict, str]:
-    """The scores a bundle offers (uncalibrated) and the default one."""
+# How each kind's likelihood score (detectors.spec.LIKELIHOOD_SCORES) is described: in full, and
+# in short for its corrections.
+LIKELIHOODS = {
+    "pixelcnn": ("negative log-likelihood (exact)", "NLL"),
+    "vae": ("importance-weighted bound with K samples", "IWAE bound"),
+}
+COMPRESSOR_NAMES = {"zlib": "zlib-9", "png": "PNG"}
 
-    def spec(kind_, output, description, **extra):
-        return {
-            "kind": kind_,
-            "output": output,
-            "description": description,
-            "units": "bits/dim",
-            "direction": HIGHER_IS_ANOMALOUS,
-            "reference": [],
-            **extra,
-        }
 
-    if kind == "pixelcnn":
-        scores = {
-            "nll": spec("output", "nll_bits_per_dim", "negative log-likelihood (exact)"),
-            "nll_minus_zlib": spec(
-                "complexity",
-                "nll_bits_per_dim",
-                "NLL minus zlib-9 code length (input-complexity correction)",
-                compressor="zlib",
-            ),
-            "nll_minus_png": spec(
-                "complexity",
-                "nll_bits_per_dim",
-                "NLL minus PNG code length (input-complexity correction)",
-                compressor="png",
-            ),
-        }
-        if has_background:
-            scores["likelihood_ratio"] = spec(
-                "difference",
-                "nll_bits_per_dim",
-                "NLL minus the background model's NLL (likelihood ratio, Ren et al. 2019)",
-                minus_output="background_nll_bits_per_dim",
-            )
-        return scores, default_score(kind, scores)[0]
-    scores = {
-        "neg_elbo": spec("output", "neg_elbo_bits_per_dim", "negative ELBO (K-sample average)"),
-        "iwae": spec("output", "iwae_bits_per_dim", "importance-weighted bound with K samples"),
-        "iwae_minus_zlib": spec(
-            "complexity",
-            "iwae_bits_per_dim",
-            "IWAE bound minus zlib-9 code length (input-complexity correction)",
-            compressor="zlib",
-        ),
-        "iwae_minus_png": spec(
-            "complexity",
-            "iwae_bits_per_dim",
-            "IWAE bound minus PNG code length (input-complexity correction)",
-            compressor="png",
-        ),
-        "recon_mse": {
-            **spec("output", "recon_mse", "reconstruction error at the posterior mean"),
-            "units": "mean squared error, intensities in [0, 1]",
-        },
-    }
+def score_specs(kind: str, has_background: bool) -> tuple[dict[str, ScoreSpec], str]:
+    """The scores a bundle offers (uncalibrated) and the default one: the likelihood in bits/dim
+    and its input-complexity corrections, plus the likelihood ratio (PixelCNN with a background
+    model) or the negative ELBO and the reconstruction error (VAE)."""
+    bits = "bits/dim"
+    name = LIKELIHOOD_SCORES[kind]
+    output = f"{name}_bits_per_dim"
+    description, short = LIKELIHOODS[kind]
+    scores: dict[str, ScoreSpec] = {}
+    if kind == "vae":
+        neg_elbo = "negative ELBO (K-sample average)"
+        scores["neg_elbo"] = OutputScore(
+            output="neg_elbo_bits_per_dim", description=neg_elbo, units=bits
+        )
+    scores[name] = OutputScore(output=output, description=description, units=bits)
+    for compressor, title in COMPRESSOR_NAMES.items():
+        scores[f"{name}_minus_{compressor}"] = ComplexityScore(
+            output=output,
+            compressor=compressor,
+            description=f"{short} minus {title} code length (input-complexity correction)",
+            units=bits,
+        )
+    if kind == "pixelcnn" and has_background:
+        scores["likelihood_ratio"] = DifferenceScore(
+            output=output,
+            minus_output="background_nll_bits_per_dim",
+            description="NLL minus the background model's NLL (likelihood ratio, Ren et al. 2019)",
+            units=bits,
+        )
+    if kind == "vae":
+        scores["recon_mse"] = OutputScore(
+            output="recon_mse",
+            description="reconstruction error at the posterior mean",
+            units="mean squared error, intensities in [0, 1]",
+        )
     return scores, default_score(kind, scores)[0]
 
 
@@ -209,7 +207,7 @@ def export_graph_bytes(
     )
 
 
-def base_metadata(
+def base_spec(
     kind: str,
     model: nn.Module,
     image_shape: tuple[int, int, int],
@@ -217,63 +215,50 @@ def base_metadata(
     has_background: bool,
     samples: int,
     alpha: float,
-    training: dict,
+    training: TrainingFacts,
     noise_seed: int = 0,
     classes: list[int] | None = None,
-) -> dict:
+) -> BundleSpec:
     """The bundle metadata before calibration (empty references). A conditional model lists the
     `classes` it was trained on (default: all of 0 .. num_classes - 1)."""
     cfg = model.cfg
     labels = None
     if cfg.num_classes:
         classes = sorted(int(c) for c in classes) if classes else list(range(cfg.num_classes))
-        labels = {
-            "input": LABEL_INPUT,
-            "dtype": "int64",
-            "num_classes": cfg.num_classes,
-            "classes": classes,
-        }
+        labels = LabelSpec(input=LABEL_INPUT, num_classes=cfg.num_classes, classes=tuple(classes))
     channels, height, width = image_shape
     scores, default = score_specs(kind, has_background)
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model": {
-            "kind": kind,
-            "hyperparameters": asdict(cfg),
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "conditional": cfg.num_classes > 0,
-            "num_classes": cfg.num_classes,
-            "background": has_background,
-        },
-        "input": {
-            "name": IMAGE_INPUT,
-            "dtype": "uint8",
-            "channels": channels,
-            "height": height,
-            "width": width,
-            "color_mode": "L" if channels == 1 else "RGB",
-        },
-        "preprocessing": {
-            "resize": "bilinear",
-            "color": "convert",
-            "scale": "x / 127.5 - 1 (in graph)",
-        },
-        "noise": (
-            {"input": NOISE_INPUT, "samples": samples, "latent_dim": cfg.latent, "seed": noise_seed}
+    return BundleSpec(
+        model=ModelInfo(
+            kind=kind,
+            hyperparameters=asdict(cfg),
+            parameters=sum(p.numel() for p in model.parameters()),
+            conditional=cfg.num_classes > 0,
+            num_classes=cfg.num_classes,
+            background=has_background,
+        ),
+        input=ImageInput(
+            name=IMAGE_INPUT,
+            channels=channels,
+            height=height,
+            width=width,
+            color_mode="L" if channels == 1 else "RGB",
+        ),
+        preprocessing=Preprocessing(
+            resize="bilinear", color="convert", scale="x / 127.5 - 1 (in graph)"
+        ),
+        noise=(
+            NoiseSpec(input=NOISE_INPUT, samples=samples, latent_dim=cfg.latent, seed=noise_seed)
             if kind == "vae"
             else None
         ),
-        "labels": labels,
-        "scores": scores,
-        "default_score": default,
-        "default_score_reason": default_score(kind, scores)[1],
-        "heatmap": {
-            "output": "nll_bits_map" if kind == "pixelcnn" else "recon_bits_map",
-            "units": "bits",
-            "mean": None,
-            "std": None,
-        },
-        "calibration": {"alpha": alpha, "n_reference": 0, "data": None},
-        "training": training,
-    }
+        labels=labels,
+        scores=scores,
+        default_score=default,
+        default_score_reason=default_score(kind, scores)[1],
+        heatmap=HeatmapSpec(
+            output="nll_bits_map" if kind == "pixelcnn" else "recon_bits_map", units="bits"
+        ),
+        calibration=Calibration(alpha=alpha, n_reference=0, data=None),
+        training=training,
+    )

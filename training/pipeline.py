@@ -12,13 +12,15 @@ import numpy as np
 import torch
 
 import detectors
+from detectors import Detector
 from detectors.bundle import Bundle, write_bundle
 from detectors.errors import InputError
-from detectors.fitting import calibrated_metadata
+from detectors.fitting import calibrated_spec
+from detectors.spec import TrainingFacts
 
 from . import distributed
 from .data import ImageSet, load, split
-from .export import base_metadata, export_graph_bytes
+from .export import base_spec, export_graph_bytes
 from .models import PixelCNNConfig, VAEConfig
 from .train import TrainConfig, fit, resolve_device
 
@@ -153,30 +155,30 @@ def run(job: TrainJob) -> tuple[Bundle | None, dict | None]:
         "torch_version": torch.__version__,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    meta = base_metadata(
+    spec = base_spec(
         job.kind,
         model,
         image_shape,
         has_background=background is not None,
         samples=job.samples,
         alpha=job.alpha,
-        training=training,
+        training=TrainingFacts.from_json(training, "training"),
         classes=classes,
     )
-    draft = Bundle.from_bytes(write_bundle(graph, meta, out).model_bytes, path=str(out))
+    draft = write_bundle(graph, spec, out)
     # A conditional bundle is calibrated on each calibration image given its own (true) label.
     cal_labels, val_labels = None, None
     if cfg.conditional:
         cal_labels, val_labels = splits.calibration.labels, splits.validation.labels
-    meta = calibrated_metadata(
+    spec = calibrated_spec(
         draft,
         splits.calibration.images,
         labels=cal_labels,
         source=f"{job.data} (calibration split)",
     )
     test_bpd = _bundle_bits_per_dim(draft, splits.validation.images, val_labels)
-    meta["training"]["validation_bits_per_dim_onnx"] = test_bpd
-    bundle = write_bundle(graph, meta, out)
+    spec = replace(spec, training=replace(spec.training, validation_bits_per_dim_onnx=test_bpd))
+    bundle = write_bundle(graph, spec, out)
     summary = {
         "bundle": str(out),
         "checkpoint": str(out.with_suffix(".pt")),
@@ -192,14 +194,7 @@ def _bundle_bits_per_dim(
     bundle: Bundle, images: np.ndarray, labels: np.ndarray | None = None
 ) -> float:
     """Mean bits/dim through the exported graph: exact NLL (PixelCNN) or the IWAE bound (VAE)."""
-    from detectors.runtime import OnnxSession
-
-    session = OnnxSession(bundle, device="cpu")
-    output = "nll_bits_per_dim" if bundle.kind == "pixelcnn" else "iwae_bits_per_dim"
-    values = [
-        session.run(
-            images[i : i + 256], [output], labels=None if labels is None else labels[i : i + 256]
-        )[output]
-        for i in range(0, len(images), 256)
-    ]
-    return float(np.concatenate(values).mean())
+    detector = Detector(bundle, device="cpu", raw_only=True)
+    name = bundle.spec.likelihood_score
+    scores, _ = detector.raw_scores_batched(images, [name], labels=labels)
+    return float(scores[name].mean())

@@ -15,43 +15,19 @@ from __future__ import annotations
 
 import html
 import json
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
 from detectors import Detector
 from detectors.bundle import Bundle
-from detectors.calibration import conformal_p_values
-from detectors.datasets import ImageSet
 from detectors.errors import InputError
+from detectors.sources import ImageSet, load
 
+from .figures import Plot, Report, generated_figures, score_figures
+from .plots import plot_history
 from .train import model_from_checkpoint, resolve_device
-
-ALPHAS = np.geomspace(0.001, 0.5, 40)
-
-
-@dataclass
-class Plot:
-    file: str
-    title: str
-    caption: str
-
-
-@dataclass
-class Report:
-    """What `make_report` wrote: the page, its figures, their numbers, and what it left out."""
-
-    page: Path
-    figures: list[Plot] = field(default_factory=list)
-    metrics: dict = field(default_factory=dict)
-    omitted: list[str] = field(default_factory=list)
 
 
 def find_artifacts(source: str | Path) -> tuple[Path | None, Path | None]:
@@ -66,351 +42,6 @@ def find_artifacts(source: str | Path) -> tuple[Path | None, Path | None]:
         return (bundle if bundle.exists() else None), source
     checkpoint = source.with_suffix(".pt")
     return source, (checkpoint if checkpoint.exists() else None)
-
-
-# --- figures -------------------------------------------------------------------------------------
-def _grid(images: np.ndarray, columns: int) -> np.ndarray:
-    """uint8 (N, C, H, W) -> one (rows*(H+1)-1, columns*(W+1)-1[, C]) image with 1-pixel gaps."""
-    n, c, h, w = images.shape
-    rows = math.ceil(n / columns)
-    grid = np.full((rows * (h + 1) - 1, columns * (w + 1) - 1, c), 255, np.uint8)
-    for k in range(n):
-        r, q = divmod(k, columns)
-        top, left = r * (h + 1), q * (w + 1)
-        grid[top : top + h, left : left + w] = images[k].transpose(1, 2, 0)
-    return grid[..., 0] if c == 1 else grid
-
-
-def _show_grid(ax, images: np.ndarray, columns: int) -> None:
-    ax.imshow(_grid(images, columns), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    ax.set_axis_off()
-
-
-def _figure(figsize: tuple[float, float]) -> Figure:
-    """A figure drawn by the Agg backend: no pyplot, no global state, no window."""
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, out: Path, name: str) -> str:
-    fig.savefig(out / name, dpi=110, bbox_inches="tight")
-    return name
-
-
-def plot_history(history: list[dict], out: Path) -> str:
-    epochs = [row["epoch"] for row in history]
-    fig = _figure((6, 3.6))
-    ax = fig.subplots()
-    ax.plot(epochs, [row["train_bits_per_dim"] for row in history], "o-", label="training")
-    ax.plot(epochs, [row["validation_bits_per_dim"] for row in history], "s-", label="validation")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("bits/dim")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _save(fig, out, "history.png")
-
-
-def plot_image_rows(rows: list[tuple[str, np.ndarray]], out: Path, name: str, columns: int) -> str:
-    """One titled grid per entry of `rows` (label, uint8 images (N, C, H, W)), stacked."""
-    height = 0.6 * len(rows) + 0.5 + sum(math.ceil(len(im) / columns) * 0.5 for _, im in rows)
-    fig = _figure((columns * 0.5 + 1, height))
-    axes = fig.subplots(len(rows), 1, squeeze=False)
-    for ax, (label, images) in zip(axes[:, 0], rows, strict=True):
-        _show_grid(ax, images, columns)
-        ax.set_title(label, fontsize=9, loc="left")
-    return _save(fig, out, name)
-
-
-def plot_histograms(
-    normal: dict, anomalous: dict | None, thresholds: dict, default: str, alpha: float, out: Path
-) -> str:
-    names = list(normal)
-    columns = min(3, len(names))
-    rows = math.ceil(len(names) / columns)
-    fig = _figure((4.2 * columns, 3.2 * rows))
-    axes = fig.subplots(rows, columns, squeeze=False)
-    for ax, name in zip(axes.flat, names, strict=False):
-        values = [normal[name]] + ([anomalous[name]] if anomalous else [])
-        finite = np.concatenate(values)
-        bins = np.linspace(finite.min(), finite.max(), 41)
-        ax.hist(normal[name], bins=bins, alpha=0.6, density=True, label="normal")
-        if anomalous:
-            ax.hist(anomalous[name], bins=bins, alpha=0.6, density=True, label="anomalous")
-        if math.isfinite(thresholds[name]):
-            ax.axvline(
-                thresholds[name], color="k", ls="--", lw=1, label=f"threshold (alpha={alpha:g})"
-            )
-        ax.set_title(name + (" (default)" if name == default else ""), fontsize=10)
-        ax.set_xlabel("raw score (higher = more anomalous)", fontsize=8)
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(names) :]:
-        ax.set_axis_off()
-    fig.tight_layout()
-    return _save(fig, out, "scores.png")
-
-
-def plot_roc(normal: dict, anomalous: dict, out: Path) -> tuple[str, dict]:
-    fig = _figure((4.6, 4.4))
-    ax = fig.subplots()
-    aurocs = {}
-    n_normal, n_anomalous = len(next(iter(normal.values()))), len(next(iter(anomalous.values())))
-    y = np.r_[np.zeros(n_normal), np.ones(n_anomalous)]
-    for name in normal:
-        s = np.r_[normal[name], anomalous[name]]
-        fpr, tpr, _ = roc_curve(y, s)
-        aurocs[name] = float(roc_auc_score(y, s))
-        ax.plot(fpr, tpr, label=f"{name} (AUROC {aurocs[name]:.3f})")
-    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
-    ax.set_xlabel("false-positive rate")
-    ax.set_ylabel("true-positive rate")
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(alpha=0.3)
-    return _save(fig, out, "roc.png"), aurocs
-
-
-def plot_calibration(
-    normal: dict, references: dict, default_alpha: float, out: Path
-) -> tuple[str, dict]:
-    """Measured FPR on normal images against alpha: conformal p-values promise FPR <= alpha."""
-    n = len(next(iter(normal.values())))
-    fig = _figure((4.6, 4.4))
-    ax = fig.subplots()
-    floor = 0.5 / n  # a measured rate of 0 is drawn here, on the log scale
-    band = 2 * np.sqrt(ALPHAS * (1 - ALPHAS) / n)
-    ax.fill_between(
-        ALPHAS,
-        np.maximum(ALPHAS - band, floor),
-        ALPHAS + band,
-        color="grey",
-        alpha=0.2,
-        label="alpha +- 2 s.e.",
-    )
-    ax.axhline(floor, color="grey", lw=0.5)
-    ax.plot(ALPHAS, ALPHAS, color="grey", ls=":", lw=1)
-    measured = {}
-    for name, scores in normal.items():
-        p = conformal_p_values(scores, references[name])
-        fpr = np.array([np.mean(p <= a) for a in ALPHAS])
-        ax.plot(ALPHAS, np.maximum(fpr, floor), label=name, lw=1.2)
-        measured[name] = float(np.mean(p <= default_alpha))
-    ax.axvline(default_alpha, color="k", ls="--", lw=1)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("alpha (target false-positive rate)")
-    ax.set_ylabel(f"measured false-positive rate (n={n})")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3, which="both")
-    return _save(fig, out, "calibration.png"), measured
-
-
-# --- model side ----------------------------------------------------------------------------------
-@torch.no_grad()
-def generated_figures(
-    kind: str,
-    model,
-    normal: ImageSet,
-    out: Path,
-    report: Report,
-    *,
-    classes: list[int] | None,
-    n_samples: int,
-    seed: int,
-    device: torch.device,
-    progress: bool,
-) -> None:
-    """Samples for both kinds (one row per class of a conditional model); reconstructions and
-    latent interpolations for the VAE."""
-    model = model.to(device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    _, _, height, width = normal.images.shape
-    if classes and normal.labels is None:
-        msg = "a conditional model needs labelled normal images for its report"
-        raise InputError(msg)
-    per_row = 8 if classes else min(16, max(8, int(math.sqrt(n_samples))))
-    if classes:
-        label = torch.tensor(classes, device=device).repeat_interleave(per_row)
-        n = len(label)
-    else:
-        label, n = None, n_samples
-    if kind == "pixelcnn":
-        samples = model.sample(
-            n, height, width, label=label, generator=generator, progress=progress
-        )
-        how = "drawn pixel by pixel (exact ancestral sampling from the PixelCNN)"
-    else:
-        samples = model.sample(n, label=label, generator=generator)
-        how = "decoded from z ~ N(0, I) (the decoder's mean image)"
-    samples = samples.cpu().numpy()
-    if classes:
-        rows = [
-            (f"class {c}", samples[k * per_row : (k + 1) * per_row]) for k, c in enumerate(classes)
-        ]
-    else:
-        rows = [("samples", samples)]
-    report.figures.append(
-        Plot(
-            plot_image_rows(rows, out, "samples.png", per_row),
-            "Samples",
-            f"{n} images {how}" + (", one row per class." if classes else "."),
-        )
-    )
-    if kind != "vae":
-        return
-
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(normal), size=min(12, len(normal)), replace=False)
-    x = torch.from_numpy(normal.images[pick]).to(device)
-    y = torch.from_numpy(normal.labels[pick]).to(device) if classes else None
-    mu, _ = model.encode(x, y)
-    recon = model.decode_images(mu, y).cpu().numpy()
-    report.figures.append(
-        Plot(
-            plot_image_rows(
-                [("normal images", normal.images[pick]), ("reconstructions", recon)],
-                out,
-                "reconstructions.png",
-                len(pick),
-            ),
-            "VAE reconstructions",
-            "Held-out normal images and the decoder's mean at z = mu(x).",
-        )
-    )
-
-    steps, rows = 10, []
-    for _ in range(min(6, len(normal) // 2)):
-        a, b = _pair(normal, rng, same_class=bool(classes))
-        pair = torch.from_numpy(normal.images[[a, b]]).to(device)
-        pair_label = torch.from_numpy(normal.labels[[a, b]]).to(device) if classes else None
-        z, _ = model.encode(pair, pair_label)
-        t = torch.linspace(0, 1, steps, device=device)[:, None]
-        path = (1 - t) * z[0] + t * z[1]  # (steps, latent)
-        path_label = pair_label[:1].expand(steps) if classes else None
-        decoded = model.decode_images(path, path_label).cpu().numpy()
-        row = np.concatenate([normal.images[[a]], decoded, normal.images[[b]]])
-        rows.append((f"images {a} -> {b}", row))
-    if rows:
-        report.figures.append(
-            Plot(
-                plot_image_rows(rows, out, "interpolation.png", steps + 2),
-                "VAE latent interpolation",
-                "Between pairs of normal images: the first and last image of a row are the real "
-                f"ones, between them the decoded z = (1-t) mu(a) + t mu(b) for {steps} values of t"
-                + (" (pairs of one class, decoded with that label)." if classes else "."),
-            )
-        )
-
-
-def _pair(data: ImageSet, rng, *, same_class: bool) -> tuple[int, int]:
-    a = int(rng.integers(len(data)))
-    candidates = (
-        np.flatnonzero(data.labels == data.labels[a]) if same_class else np.arange(len(data))
-    )
-    candidates = candidates[candidates != a]
-    return a, int(rng.choice(candidates)) if len(candidates) else a
-
-
-# --- scores --------------------------------------------------------------------------------------
-def _scores(
-    detector: Detector, data: ImageSet, labels, desc: str, progress: bool, batch_size: int = 256
-) -> dict[str, np.ndarray]:
-    parts: dict[str, list] = {name: [] for name in detector.score_names}
-    starts = range(0, len(data), batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False):
-        batch_labels = None if labels is None else labels[start : start + batch_size]
-        values = detector.raw_scores(data.images[start : start + batch_size], labels=batch_labels)
-        for name in parts:
-            parts[name].append(values[name])
-    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
-
-
-def _wrong_labels(labels: np.ndarray, classes: list[int], seed: int) -> np.ndarray:
-    """Each label replaced by another of `classes`, at random."""
-    rng = np.random.default_rng(seed)
-    classes = np.asarray(classes)
-    position = np.searchsorted(classes, labels)
-    shift = rng.integers(1, len(classes), size=len(labels))
-    return classes[(position + shift) % len(classes)]
-
-
-def score_figures(
-    detector: Detector,
-    normal: ImageSet,
-    anomalous: ImageSet | None,
-    out: Path,
-    report: Report,
-    *,
-    alpha: float,
-    seed: int,
-    progress: bool,
-) -> None:
-    conditional = detector.conditional
-    anomalous_labels, anomalous_what = None, None
-    if conditional:
-        if normal.labels is None:
-            msg = "a conditional bundle scores images with their labels; the normal data has none"
-            raise InputError(msg)
-        if anomalous is None:
-            anomalous = normal
-            anomalous_labels = _wrong_labels(normal.labels, detector.classes, seed)
-            anomalous_what = "the normal images, each paired with a wrong label"
-        else:
-            anomalous_labels = anomalous.labels
-    normal_scores = _scores(
-        detector, normal, normal.labels if conditional else None, "scoring normal", progress
-    )
-    anomalous_scores = None
-    if anomalous is not None and len(anomalous):
-        anomalous_scores = _scores(
-            detector, anomalous, anomalous_labels, "scoring anomalous", progress
-        )
-        anomalous_what = anomalous_what or f"{len(anomalous)} images from {anomalous.source}"
-    thresholds = {name: detector.threshold(name, alpha) for name in detector.score_names}
-    report.metrics.update(
-        alpha=alpha,
-        n_normal=len(normal),
-        n_anomalous=0 if anomalous_scores is None else len(anomalous),
-        anomalous=anomalous_what,
-        thresholds=thresholds,
-    )
-    report.figures.append(
-        Plot(
-            plot_histograms(
-                normal_scores, anomalous_scores, thresholds, detector.default_score, alpha, out
-            ),
-            "Scores",
-            f"Raw scores of {len(normal)} normal images"
-            + (f" and of {anomalous_what}" if anomalous_scores else "")
-            + f"; the dashed line is each score's threshold at alpha = {alpha:g} "
-            "(anomaly iff score > threshold).",
-        )
-    )
-    if anomalous_scores is not None:
-        name, aurocs = plot_roc(normal_scores, anomalous_scores, out)
-        report.metrics["auroc"] = aurocs
-        report.metrics["tpr_at_alpha"] = {
-            n: float(np.mean(anomalous_scores[n] > thresholds[n])) for n in anomalous_scores
-        }
-        report.figures.append(Plot(name, "ROC curves", "Normal against anomalous, every score."))
-    else:
-        report.omitted.append(
-            "ROC curves: no anomalous images (give --anomalous SPEC, or labelled "
-            "data with normal classes)"
-        )
-    references = {n: detector.reference(n) for n in normal_scores}
-    name, measured = plot_calibration(normal_scores, references, alpha, out)
-    report.metrics["fpr_at_alpha"] = measured
-    report.figures.append(
-        Plot(
-            name,
-            "Calibration",
-            "Share of the normal images flagged (p-value <= alpha) against alpha, log-log "
-            "(a share of 0 is drawn at the thin line). Conformal p-values promise at most "
-            "alpha on normal images the model has not seen (calibrated on "
-            f"{detector.metadata['calibration'].get('n_reference')} held-out images); if "
-            "these images were used in training, the measured rate is optimistic.",
-        )
-    )
 
 
 # --- the page ------------------------------------------------------------------------------------
@@ -495,14 +126,12 @@ def make_report(
         )
     kind = kind or bundle.kind
     classes = None  # a conditional model's classes: the bundle's, else every class of the model
-    if bundle and bundle.metadata.get("labels"):
-        classes = bundle.metadata["labels"]["classes"]
+    if bundle and bundle.spec.labels:
+        classes = list(bundle.spec.labels.classes)
     elif model is not None and model.cfg.num_classes:
         classes = list(range(model.cfg.num_classes))
 
-    history = (
-        checkpoint["history"] if checkpoint else bundle.metadata.get("training", {}).get("history")
-    )
+    history = checkpoint["history"] if checkpoint else bundle.spec.training.history
     steps = ["history", "generated", "scores"]
     bar = tqdm(steps, desc="report", unit="part", disable=not progress)
     for step in bar:
@@ -552,28 +181,26 @@ def make_report(
                     progress=progress,
                 )
 
-    meta = bundle.metadata if bundle else {"model": {"hyperparameters": checkpoint["model_config"]}}
-    training = meta.get("training", {})
+    hyperparameters = bundle.spec.model.hyperparameters if bundle else checkpoint["model_config"]
     facts = [
         ("model", kind),
         ("source", str(source)),
-        ("hyperparameters", json.dumps(meta["model"].get("hyperparameters", {}))),
+        ("hyperparameters", json.dumps(hyperparameters)),
         ("normal images", f"{len(normal)} from {normal.source}"),
         ("anomalous images", report.metrics.get("anomalous") or "none"),
     ]
     if bundle:
+        training = bundle.spec.training
+        bits = training.validation_bits_per_dim_onnx
         facts += [
             ("bundle version", bundle.version),
-            ("default score", meta["default_score"]),
-            ("trained on", str(training.get("data"))),
-            ("epochs", str(training.get("epochs"))),
-            (
-                "validation bits/dim",
-                f"{training.get('validation_bits_per_dim_onnx', float('nan')):.4f}",
-            ),
+            ("default score", bundle.spec.default_score),
+            ("trained on", str(training.data)),
+            ("epochs", str(training.epochs)),
+            ("validation bits/dim", f"{float('nan') if bits is None else bits:.4f}"),
         ]
-        if meta.get("labels"):
-            facts.append(("conditional", f"yes: classes {meta['labels']['classes']}"))
+        if classes and bundle.spec.labels:
+            facts.append(("conditional", f"yes: classes {classes}"))
     write_page(report, f"normalcy report: {Path(source).stem}", facts)
     summary = {
         "page": str(report.page),
@@ -615,17 +242,15 @@ def report_from_specs(
 ) -> Report:
     """`normalcy report`: load the data specs, split labelled data into normal classes and the
     rest (the bundle's training classes unless told), and write the report."""
-    from detectors.datasets import load
-
     bundle_path, _ = find_artifacts(source)
-    meta = Bundle.read(bundle_path).metadata if bundle_path else {}
-    if normal_classes is None:
-        normal_classes = meta.get("training", {}).get("normal_classes")
+    spec = Bundle.read(bundle_path).spec if bundle_path else None
+    if normal_classes is None and spec is not None:
+        normal_classes = spec.training.normal_classes
     images = load(data)
-    if meta.get("labels"):
+    if spec is not None and spec.labels:
         # A conditional bundle's anomalies are wrong labels (or --anomalous): the other classes
         # have no label it knows.
-        normal = images.with_classes(normal_classes or meta["labels"]["classes"])
+        normal = images.with_classes(normal_classes or list(spec.labels.classes))
         rest = None
     else:
         normal, rest = split_normal_anomalous(images, normal_classes)
@@ -645,8 +270,6 @@ def report_after_training(job) -> Report:
     """The report `normalcy train` writes beside its bundle (`<stem>-report/`): the validation
     split as normal images (never trained on, never calibrated on) and, for labelled data with
     normal classes, the other classes as anomalies."""
-    from detectors.datasets import load
-
     from .data import split
     from .pipeline import prepare_data
     from .train import TrainConfig

@@ -59,11 +59,20 @@ def test_image_installs_no_torch(variant):
     for extra in extras[0].split(","):
         requirements += project["optional-dependencies"][extra]
     assert not [r for r in requirements if re.match(r"torch\b", r)]
-    copied = [
+
+
+def _copied(variant: str) -> list[str]:
+    return [
         args.split()[0]
         for keyword, args in dockerfile_instructions(DOCKERFILES[variant])
         if keyword == "COPY" and not args.startswith("--")
     ]
+
+
+@pytest.mark.parametrize("variant", DOCKERFILES)
+def test_image_carries_the_runtime_packages_and_not_training(variant):
+    copied = _copied(variant)
+    assert {"detectors", "service", "jobs", "normalcy"} <= set(copied)
     assert "training" not in copied
 
 
@@ -129,7 +138,7 @@ def test_compose_has_the_service_prometheus_and_grafana():
 
 @pytest.mark.parametrize("path", [COMPOSE, COMPOSE_GPU], ids=lambda p: p.name)
 def test_every_path_the_compose_files_name_exists(path):
-    from service.cli import build_parser
+    from normalcy.cli import build_parser
 
     demo_out = build_parser().parse_args(["demo"]).out
     for name, service in load_yaml(path)["services"].items():
@@ -258,14 +267,15 @@ def _modules_not_in_image(extras: list[str]) -> list[str]:
     )
 
 
-def test_image_command_serves_without_torch_until_its_health_check_passes(vae_bundle, tmp_path):
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / "digits.onnx").write_bytes(Path(vae_bundle).read_bytes())
-    # The image has only the base and cpu requirements: make the other extras' top-level modules
-    # (torch, onnx, pyarrow, ray, ...) unimportable here, as they are there.
+def _image_env(tmp_path: Path) -> dict[str, str]:
+    """This environment as the CPU image has it: the image has only the base and cpu
+    requirements and the packages it copies, so the other extras' top-level modules (torch, onnx,
+    pyarrow, ray, ...) and the packages it leaves out (training) are made unimportable."""
     blocked = _modules_not_in_image(["cpu"])
     assert "torch" in blocked
+    blocked += [p for p in ("detectors", "training", "service", "jobs", "normalcy")
+                if p not in _copied("cpu")]  # fmt: skip
+    assert "training" in blocked
     blockers = tmp_path / "not-in-image"
     for module in blocked:
         (blockers / module).mkdir(parents=True)
@@ -274,6 +284,14 @@ def test_image_command_serves_without_torch_until_its_health_check_passes(vae_bu
         )
     env = {k: v for k, v in os.environ.items() if not k.startswith("NORMALCY_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(blockers), env.get("PYTHONPATH")]))
+    return env
+
+
+def test_image_command_serves_without_torch_until_its_health_check_passes(vae_bundle, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "digits.onnx").write_bytes(Path(vae_bundle).read_bytes())
+    env = _image_env(tmp_path)
     port = _free_port()
     command = _local(image_command(), port, models)
     check = _local(healthcheck(), port, models)
@@ -296,3 +314,20 @@ def test_image_command_serves_without_torch_until_its_health_check_passes(vae_bu
     assert server.returncode in (0, -signal.SIGTERM), output
     assert "Application shutdown complete" in output
     assert "not in the serving image" not in output
+
+
+def test_image_scores_a_folder_with_its_own_command(vae_bundle, digits_test, tmp_path):
+    """`normalcy score` runs in the image too: jobs, detectors and the command line, no torch."""
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(digits_test.images[:5]):
+        Image.fromarray(image[0]).save(folder / f"{i}.png")
+    normalcy = _local(image_command(), _free_port(), tmp_path)[0]
+    out = tmp_path / "results.csv"
+    argv = [normalcy, "score", str(vae_bundle), str(folder), "--out", str(out), "--no-progress"]
+    env = _image_env(tmp_path)
+    run = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert len(out.read_text().splitlines()) == 1 + 5

@@ -5,7 +5,6 @@ Prometheus's HTTP API: a panel that silently shows "No data" is the failure an o
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -183,11 +182,12 @@ def _shed(url: str, normal: np.ndarray) -> None:
 def _new_version(models: Path) -> None:
     """Replace the bundle with a new version (same graph, other metadata), as a deploy would."""
     from detectors.bundle import Bundle, write_bundle
+    from detectors.spec import BundleSpec
 
     bundle = Bundle.read(models / f"{MODEL}.onnx")
-    metadata = json.loads(json.dumps(bundle.metadata))
-    metadata.setdefault("training", {})["note"] = "hot-swapped by test_monitoring_stack"
-    write_bundle(bundle.model_bytes, metadata, models / f"{MODEL}.onnx")
+    metadata = bundle.spec.to_json()
+    metadata["training"]["note"] = "hot-swapped by test_monitoring_stack"
+    write_bundle(bundle.model_bytes, BundleSpec.from_json(metadata), models / f"{MODEL}.onnx")
 
 
 def test_every_dashboard_query_returns_data_from_the_live_service(service, prometheus, digits_test):

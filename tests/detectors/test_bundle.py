@@ -14,7 +14,7 @@ from detectors.onnxfile import read_metadata_props, with_metadata_props
 
 def _rewrite(path, tmp_path, change):
     bundle = Bundle.read(path)
-    meta = json.loads(json.dumps(bundle.metadata))
+    meta = bundle.spec.to_json()
     change(meta)
     out = tmp_path / "changed.onnx"
     props = {METADATA_KEY: json.dumps(meta)}
@@ -24,8 +24,9 @@ def _rewrite(path, tmp_path, change):
 
 def test_metadata_round_trips_through_the_file(pixelcnn_bundle, tmp_path):
     bundle = Bundle.read(pixelcnn_bundle)
-    copy = write_bundle(bundle.model_bytes, bundle.metadata, tmp_path / "copy.onnx")
-    assert Bundle.read(tmp_path / "copy.onnx").metadata == bundle.metadata == copy.metadata
+    copy = write_bundle(bundle.model_bytes, bundle.spec, tmp_path / "copy.onnx")
+    assert Bundle.read(tmp_path / "copy.onnx").spec == bundle.spec == copy.spec
+    assert copy.model_bytes == bundle.model_bytes  # the same JSON, byte for byte
 
 
 def test_rewriting_metadata_leaves_the_rest_of_the_file_byte_for_byte(pixelcnn_bundle):
@@ -51,7 +52,7 @@ def test_metadata_props_read_by_onnxruntime_match(pixelcnn_bundle):
     [
         (lambda m: m.update(format_version=2), "unknown metadata format_version 2"),
         (lambda m: m.pop("scores"), "lacks 'scores'"),
-        (lambda m: m["model"].update(kind="gan"), "model kind 'gan'"),
+        (lambda m: m["model"].update(kind="gan"), "model: kind 'gan'"),
         (lambda m: m.update(default_score="nope"), "default_score 'nope'"),
         (lambda m: m["scores"]["nll"].update(reference=[3.0, 1.0]), "not sorted"),
         (lambda m: m["scores"]["nll"].update(kind="magic"), "unknown kind"),
@@ -118,7 +119,7 @@ def test_a_damaged_graph_with_intact_metadata_is_refused(pixelcnn_bundle, tmp_pa
     damaged = graph[: len(graph) // 2]  # the metadata alone cannot vouch for the file
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(
-        with_metadata_props(b"", {METADATA_KEY: json.dumps(bundle.metadata)}) + damaged
+        with_metadata_props(b"", {METADATA_KEY: json.dumps(bundle.spec.to_json())}) + damaged
     )
     with pytest.raises(BundleError):
         Detector.load(broken, device="cpu")
@@ -126,7 +127,7 @@ def test_a_damaged_graph_with_intact_metadata_is_refused(pixelcnn_bundle, tmp_pa
 
 def test_importing_detectors_does_not_import_torch():
     code = (
-        "import sys, detectors, detectors.runtime, detectors.datasets, detectors.evaluation; "
+        "import sys, detectors, detectors.runtime, detectors.sources, detectors.evaluation; "
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

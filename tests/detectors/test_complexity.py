@@ -7,12 +7,13 @@ import pytest
 from detectors import InputError
 from detectors.complexity import code_length_bits_per_dim
 from detectors.runtime import scores_from_outputs
+from detectors.score_kinds import ComplexityScore, DifferenceScore, OutputScore
 
 SPECS = {
-    "nll": {"kind": "output", "output": "nll_bits_per_dim"},
-    "nll_minus_zlib": {"kind": "complexity", "output": "nll_bits_per_dim", "compressor": "zlib"},
-    "nll_minus_png": {"kind": "complexity", "output": "nll_bits_per_dim", "compressor": "png"},
-    "ratio": {"kind": "difference", "output": "nll_bits_per_dim", "minus_output": "bg"},
+    "nll": OutputScore(output="nll_bits_per_dim"),
+    "nll_minus_zlib": ComplexityScore(output="nll_bits_per_dim", compressor="zlib"),
+    "nll_minus_png": ComplexityScore(output="nll_bits_per_dim", compressor="png"),
+    "ratio": DifferenceScore(output="nll_bits_per_dim", minus_output="bg"),
 }
 
 

@@ -45,7 +45,7 @@ def test_default_score_and_alpha_come_from_the_bundle(detectors, digits_test):
     detector = detectors["vae"]
     result = detector.score(digits_test.images[:3])
     assert result.score_name == detector.default_score
-    assert result.alpha == detector.default_alpha == detector.metadata["calibration"]["alpha"]
+    assert result.alpha == detector.default_alpha == detector.spec.calibration.alpha
 
 
 def test_heatmap_has_the_image_shape_and_its_mean_is_the_score(detectors, digits_test):

@@ -6,8 +6,9 @@ import pytest
 
 from detectors import Detector, InputError
 from detectors.labels import check_labels
+from detectors.spec import LabelSpec
 
-SPEC = {"input": "labels", "dtype": "int64", "num_classes": 5, "classes": [0, 1, 2, 3, 4]}
+SPEC = LabelSpec(input="labels", num_classes=5, classes=(0, 1, 2, 3, 4))
 
 
 @pytest.fixture(scope="module")

@@ -89,7 +89,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         script = Path(sys.executable).with_name("normalcy")
-        command = [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "normalcy.cli"]
         command += [
             "serve",
             "--models",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -129,15 +130,11 @@ def test_bundles_with_a_probability_map_answer_p_anomaly(tmp_path, vae_bundle, d
     from service.settings import Settings
 
     bundle = Bundle.read(vae_bundle)
-    name = bundle.metadata["default_score"]
+    name = bundle.spec.default_score
     reference = bundle.reference(name)
     mapping = fit_probability_map(reference, reference + 1.0)
-    meta = dict(bundle.metadata)
-    meta["scores"] = {
-        **meta["scores"],
-        name: {**meta["scores"][name], "probability": mapping.to_json()},
-    }
-    write_bundle(bundle.model_bytes, meta, tmp_path / "mapped.onnx")
+    scores = {**bundle.spec.scores, name: replace(bundle.spec.scores[name], probability=mapping)}
+    write_bundle(bundle.model_bytes, replace(bundle.spec, scores=scores), tmp_path / "mapped.onnx")
     with TestClient(create_app(Settings(models_dir=tmp_path, watch_interval_s=0))) as client:
         body = client.post("/v1/models/mapped/score", json={"images": digit_images.tolist()}).json()
     probabilities = [r["probability"] for r in body["results"]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -500,15 +501,10 @@ def test_refused_size_conversion_says_why(tmp_path, vae_bundle, png):
     from service.settings import Settings
 
     bundle = Bundle.read(vae_bundle)
-    meta = {
-        **bundle.metadata,
-        "preprocessing": {
-            **bundle.metadata["preprocessing"],
-            "resize": "refuse",
-            "color": "refuse",
-        },
-    }
-    write_bundle(bundle.model_bytes, meta, tmp_path / "strict.onnx")
+    strict = replace(bundle.spec.preprocessing, resize="refuse", color="refuse")
+    write_bundle(
+        bundle.model_bytes, replace(bundle.spec, preprocessing=strict), tmp_path / "strict.onnx"
+    )
     with TestClient(create_app(Settings(models_dir=tmp_path, watch_interval_s=0))) as client:
         for image, words in [
             (np.zeros((9, 9), np.uint8), "size"),
@@ -536,7 +532,7 @@ def test_a_heat_map_is_refused_when_the_bundle_has_none(tmp_path, vae_bundle):
     from service.settings import Settings
 
     bundle = Bundle.read(vae_bundle)
-    write_bundle(bundle.model_bytes, {**bundle.metadata, "heatmap": None}, tmp_path / "flat.onnx")
+    write_bundle(bundle.model_bytes, replace(bundle.spec, heatmap=None), tmp_path / "flat.onnx")
     with TestClient(create_app(Settings(models_dir=tmp_path, watch_interval_s=0))) as client:
         answer = client.post("/v1/models/flat/score?heatmap=true", json={"images": [_grey()]})
         assert answer.status_code == 400

@@ -20,16 +20,17 @@ class FakeModel:
         self.gate = threading.Event()
         self.gate.set()
 
-    def __call__(self, key, images):
+    def __call__(self, key, images, labels):
         self.gate.wait(5)
         self.batches.append(len(images))
         if self.fail_on is not None and np.any(images[:, 0, 0, 0] == self.fail_on):
             msg = "bad image"
             raise ValueError(msg)
-        return {
-            "total": images.reshape(len(images), -1).sum(axis=1) * 2,
-            "key": np.array([key] * len(images)),
-        }
+        # One record per image: sliceable by image, as the batcher needs.
+        return np.rec.fromarrays(
+            [images.reshape(len(images), -1).sum(axis=1) * 2, np.array([key] * len(images))],
+            names="total,key",
+        )
 
 
 def images(n: int, value: int = 1) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from service.cli import main
+from normalcy.cli import main
 from service.settings import Settings
 
 IMAGE = {"images": [np.zeros((8, 8), int).tolist()]}

@@ -9,9 +9,9 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from detectors.bundle import Bundle
-from detectors.datasets import load_digits
 from detectors.runtime import OnnxSession
-from service.cli import main
+from detectors.sources import load_digits
+from normalcy.cli import main
 from training.data import split
 from training.train import model_from_checkpoint
 
@@ -49,7 +49,7 @@ def test_samples_of_each_class_are_recognised_as_that_class(kind, digit_classifi
 def test_conditional_bundle_says_so_and_takes_labels_as_a_second_input(kind, request):
     path = request.getfixturevalue(f"conditional_{kind}_bundle")
     bundle = Bundle.read(path)
-    meta = bundle.metadata
+    meta = bundle.spec.to_json()
     assert meta["model"]["conditional"] is True
     assert meta["model"]["num_classes"] == 5
     assert meta["labels"] == {
@@ -125,9 +125,9 @@ def test_train_command_trains_a_conditional_bundle(tmp_path, capsys):
     )
     assert code == 0
     assert json.loads(capsys.readouterr().out)["bundle"] == str(out)
-    labels = Bundle.read(out).metadata["labels"]
-    assert labels["num_classes"] == 4  # labels 0..3 index the embedding; only 1 and 3 are known
-    assert labels["classes"] == [1, 3]
+    labels = Bundle.read(out).spec.labels
+    assert labels.num_classes == 4  # labels 0..3 index the embedding; only 1 and 3 are known
+    assert labels.classes == (1, 3)
 
 
 def test_conditional_training_needs_labelled_data(tmp_path):

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 RANK_SCRIPT = textwrap.dedent("""
     import json, sys
     import torch
-    from detectors.datasets import load_digits
+    from detectors.sources import load_digits
     from training import distributed
     from training.data import split
     from training.pipeline import model_config
@@ -84,7 +84,7 @@ def test_normalcy_train_runs_unchanged_under_torchrun(tmp_path):
     out = tmp_path / "digits.onnx"
     run = torchrun(
         "-m",
-        "service.cli",
+        "normalcy.cli",
         "train",
         "vae",
         "--data",
@@ -105,7 +105,7 @@ def test_normalcy_train_runs_unchanged_under_torchrun(tmp_path):
     assert summary["bundle"] == str(out)
     assert summary["epochs"] == 2
     detector = Detector.load(out, device="cpu")
-    assert detector.metadata["training"]["n_train"] > 0
+    assert detector.spec.training.extra["n_train"] > 0
     # rank 0 alone writes the bundle, its checkpoint and the training report
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "digits-report",

@@ -10,7 +10,7 @@ from training.train import model_from_checkpoint
 
 
 def _batch(n=7):
-    from detectors.datasets import load_digits
+    from detectors.sources import load_digits
 
     return load_digits("test").images[:n]
 

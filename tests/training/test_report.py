@@ -8,8 +8,8 @@ import shutil
 import pytest
 from PIL import Image
 
-from detectors.datasets import load_digits
-from service.cli import main
+from detectors.sources import load_digits
+from normalcy.cli import main
 from training.report import make_report, report_from_specs
 
 

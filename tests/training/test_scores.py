@@ -19,10 +19,10 @@ def _models(path):
 
 def test_likelihood_ratio_bundle_round_trip_matches_torch(pixelcnn_bundle, digits_test, tmp_path):
     bundle = Bundle.read(pixelcnn_bundle)
-    spec = bundle.metadata["scores"]["likelihood_ratio"]
-    assert spec["kind"] == "difference"
-    assert spec["minus_output"] == "background_nll_bits_per_dim"
-    copy = write_bundle(bundle.model_bytes, bundle.metadata, tmp_path / "copy.onnx")
+    spec = bundle.spec.scores["likelihood_ratio"]
+    assert spec.kind == "difference"
+    assert spec.minus_output == "background_nll_bits_per_dim"
+    copy = write_bundle(bundle.model_bytes, bundle.spec, tmp_path / "copy.onnx")
     detector = Detector.load(copy.path, device="cpu")
     images = digits_test.images[:32]
     served = detector.raw_scores(images, ["likelihood_ratio", "nll"])
@@ -35,7 +35,7 @@ def test_likelihood_ratio_bundle_round_trip_matches_torch(pixelcnn_bundle, digit
     np.testing.assert_array_equal(result.is_anomaly, result.p_values <= 0.2)
 
 
-def _torch_outputs(kind, model, background, images, meta):
+def _torch_outputs(kind, model, background, images, spec):
     with torch.no_grad():
         x = torch.from_numpy(images)
         if kind == "pixelcnn":
@@ -44,7 +44,7 @@ def _torch_outputs(kind, model, background, images, meta):
             if background is not None:
                 outputs["background_nll_bits_per_dim"] = background.bits_per_dim(x).numpy()
             return outputs
-        noise = torch.from_numpy(vae_noise(meta["noise"], len(images)))
+        noise = torch.from_numpy(vae_noise(spec.noise, len(images)))
         neg_elbo, iwae, _, mse = VAEGraph(model)(x, noise)
         return {
             "neg_elbo_bits_per_dim": neg_elbo.numpy(),
@@ -62,9 +62,9 @@ def test_torch_on_the_exported_modules_gives_every_served_score(
     for path in (pixelcnn_bundle, vae_bundle):
         detector = Detector.load(path, device="cpu")
         model, background = _models(path)
-        outputs = _torch_outputs(detector.kind, model, background, images, detector.metadata)
+        outputs = _torch_outputs(detector.kind, model, background, images, detector.spec)
         mine = scores_from_outputs(
-            detector.metadata["scores"], detector.score_names, outputs, code_lengths=codes
+            detector.spec.scores, detector.score_names, outputs, code_lengths=codes
         )
         served = detector.raw_scores(images)
         for name in detector.score_names:

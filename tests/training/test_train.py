@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from detectors.datasets import load_digits
+from detectors.sources import load_digits
 from training.data import perturb, split
 from training.train import TrainConfig, fit, load_checkpoint
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from detectors import InputError
-from detectors.datasets import load, load_digits, parse_classes, read_idx
+from detectors.sources import load, load_digits, parse_classes, read_idx
 
 
 def write_idx(path, array: np.ndarray, *, compress: bool = False):

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from detectors import Detector
-from service.batch_results import read_results
-from service.cli import main
+
+from .cli import score
 
 
 @pytest.fixture(scope="module")
@@ -20,23 +20,10 @@ def normal_digits(digits_test):
     return digits_test.with_classes([0, 1, 2, 3, 4])
 
 
-def score(bundle, inputs, out) -> dict:
-    argv = [
-        "score",
-        str(bundle),
-        *[str(i) for i in inputs],
-        "--out",
-        str(out),
-        "--no-progress",
-        "--workers",
-        "0",
-        "--batch-size",
-        "16",
-    ]
-    assert main(argv) == 0
+def score_by_item(bundle, inputs, out) -> dict:
+    rows = score(bundle, inputs, out, "--workers", "0", "--batch-size", "16")
     return {
-        (row["input"], -1 if row["index"] in ("", None) else int(row["index"])): row
-        for row in read_results(out)
+        (row["input"], -1 if row["index"] in ("", None) else int(row["index"])): row for row in rows
     }
 
 
@@ -60,7 +47,7 @@ def test_array_and_folder_inputs_are_scored_with_their_labels(
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(images[i, 0]).save(folder / f"{i}.png")
         files.append((str(folder / f"{i}.png"), -1, i))
-    rows = score(
+    rows = score_by_item(
         conditional_pixelcnn_bundle,
         [tmp_path / "arr.npy", tmp_path / "t10k-images-idx3-ubyte.gz", tmp_path / "pngs"],
         tmp_path / "out.csv",
@@ -88,7 +75,7 @@ def test_images_without_a_usable_label_are_error_rows(
     (tmp_path / "1").mkdir()
     Image.fromarray(images[4, 0]).save(tmp_path / "1" / "c.png")  # fine
     inputs = [tmp_path / "nolabels.npy", tmp_path / "loose", tmp_path / "7", tmp_path / "1"]
-    rows = score(conditional_pixelcnn_bundle, inputs, tmp_path / "out.jsonl")
+    rows = score_by_item(conditional_pixelcnn_bundle, inputs, tmp_path / "out.jsonl")
     errors = {"/".join(path.split("/")[-2:]): row["error"] for (path, _), row in rows.items()}
     assert "nolabels_labels.npy is not beside it" in errors[f"{tmp_path.name}/nolabels.npy"]
     assert "no label" in errors["loose/a.png"]

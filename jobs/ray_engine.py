@@ -1,5 +1,6 @@
 """The Ray engine of `normalcy score`: the same `load_chunk` and `score_batch` as the local engine,
-run as Ray Data tasks (reading and decoding) and actors (one ONNX Runtime session each).
+run as Ray Data tasks (reading and decoding) and actors (one ONNX Runtime session each). It knows
+nothing of the job around it (score.py): the job hands it chunks, options and where to put rows.
 
     listing (JSON chunks the driver writes) --read_text--> map_batches(load_lines): read, decode
     --> map_batches(Scorer actors, one GPU each where the cluster has GPUs) --> driver --> journal
@@ -19,6 +20,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +28,10 @@ import numpy as np
 from detectors.bundle import Bundle
 from detectors.detector import Detector
 from detectors.errors import InputError
+from detectors.images import InputSpec
 
-from .batch import OnBatch, ScoreJob, score_batch
-from .batch_inputs import Chunk, InputSpec, load_chunk
+from .inputs import Chunk, load_chunk
+from .scoring import OnBatch, score_batch
 
 CHUNKS_PER_PART = 4  # listing lines per file; each file is one read-and-decode task
 DECODE_CPUS = 0.5
@@ -36,9 +39,23 @@ DECODE_CPUS = 0.5
 MAX_TEMP_DIR_CHARS = 45
 
 
-def load_lines(batch: dict[str, np.ndarray], spec: InputSpec) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None  # the cluster to join (default: start a local Ray)
+    actors: int | None = None  # scoring actors (default: one per GPU, else one)
+    cpus: int | None = None  # CPUs of a local Ray started here (default: all)
+    batch_size: int = 256
+    device: str = "auto"
+
+
+def load_lines(
+    batch: dict[str, np.ndarray], spec: InputSpec, labelled: bool
+) -> dict[str, np.ndarray]:
     """Ray task: listing lines (JSON chunks) -> decoded columns, as `load_chunk` gives them."""
-    parts = [load_chunk(Chunk.from_json(json.loads(line)), spec) for line in batch["text"]]
+    parts = [
+        load_chunk(Chunk.from_json(json.loads(line)), spec, labelled=labelled)
+        for line in batch["text"]
+    ]
     return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
@@ -90,16 +107,15 @@ def ray_temp_dir(work: Path) -> tuple[str, Path | None]:
 
 
 def run_ray(
-    job: ScoreJob,
+    options: RayOptions,
     chunks: Iterator[Chunk],
-    spec: InputSpec,
     bundle: Bundle,
     score: str,
     work: Path,
     on_batch: OnBatch,
     should_stop: Callable[[], bool],
 ) -> dict:
-    """Score `chunks` on Ray (the cluster at job.ray_address, else a local Ray) into on_batch."""
+    """Score `chunks` on Ray (the cluster at options.address, else a local Ray) into on_batch."""
     try:
         import ray
     except ImportError:
@@ -111,21 +127,21 @@ def run_ray(
     started_here, link = False, None
     clock = time.monotonic()
     if not ray.is_initialized():
-        options = {
+        settings = {
             "include_dashboard": False,
             "log_to_driver": False,
             "logging_level": logging.WARNING,
         }
-        if job.ray_address:
-            ray.init(address=job.ray_address, **options)
+        if options.address:
+            ray.init(address=options.address, **settings)
         else:
             temp_dir, link = ray_temp_dir(work)
-            ray.init(num_cpus=job.ray_cpus, _temp_dir=temp_dir, **options)
+            ray.init(num_cpus=options.cpus, _temp_dir=temp_dir, **settings)
         started_here = True
     start_seconds = time.monotonic() - clock
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
-        actors = job.ray_actors or max(gpus, 1)
+        actors = options.actors or max(gpus, 1)
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # input order, like the local engine
         context.enable_progress_bars = False  # the job has its own
@@ -137,17 +153,20 @@ def run_ray(
         dataset = (
             ray.data.read_text(str(listing), num_cpus=DECODE_CPUS)
             .map_batches(
-                load_lines, batch_size=None, fn_kwargs={"spec": spec}, num_cpus=DECODE_CPUS
+                load_lines,
+                batch_size=None,
+                fn_kwargs={"spec": InputSpec.of(bundle.spec), "labelled": bool(bundle.spec.labels)},
+                num_cpus=DECODE_CPUS,
             )
             .map_batches(
                 Scorer,
-                batch_size=job.batch_size,
+                batch_size=options.batch_size,
                 compute=ray.data.ActorPoolStrategy(size=actors),
                 fn_constructor_kwargs={
                     "model_bytes": bundle.model_bytes,
                     "score": score,
-                    "device": job.device,
-                    "batch_size": job.batch_size,
+                    "device": options.device,
+                    "batch_size": options.batch_size,
                 },
                 num_gpus=1 if gpus else 0,
                 num_cpus=1,
@@ -166,5 +185,5 @@ def run_ray(
     return {
         "ray_start_seconds": round(start_seconds, 3),
         "ray_actors": actors,
-        "ray_address": job.ray_address or "local",
+        "ray_address": options.address or "local",
     }

@@ -4,9 +4,9 @@ Parquet.
     inputs --(InputSet: stream of items)--> chunks --(load_chunk: read + decode, in parallel)-->
     image batches --(score_batch: ONNX Runtime + conformal p-values)--> journal --> RESULTS
 
-The local engine decodes in worker processes while the main process scores; the Ray engine
-(service.batch_ray) runs the same `load_chunk` and `score_batch` as Ray Data tasks and actors. Both
-append to the same journal, which makes every job resumable (see service.batch_results).
+The local engine (here) decodes in worker processes while the main process scores; the Ray engine
+(ray_engine.py) runs the same `load_chunk` and `score_batch` (scoring.py) as Ray Data tasks and
+actors. Both append to the same journal, which makes every job resumable (see results.py).
 """
 
 from __future__ import annotations
@@ -34,13 +34,14 @@ from detectors.bundle import Bundle
 from detectors.calibration import check_alpha
 from detectors.detector import Detector
 from detectors.errors import BundleError, InputError
+from detectors.images import InputSpec
 
-from .batch_inputs import Chunk, InputSet, InputSpec, load_chunk
-from .batch_results import Journal, results_format, rows_from_batch, write_results
+from .inputs import Chunk, InputSet, load_chunk
+from .results import Journal, results_format, rows_from_batch, write_results
+from .scoring import OnBatch, score_batch
 
 ENGINES = ("local", "ray")
 PR_SET_PDEATHSIG = 1  # prctl option: a signal for this process when its parent dies
-OnBatch = Callable[[dict[str, np.ndarray]], None]
 
 
 @dataclass
@@ -60,57 +61,6 @@ class ScoreJob:
     ray_actors: int | None = None  # scoring actors (default: one per GPU, else one)
     ray_cpus: int | None = None  # CPUs of a local Ray started by the job (default: all)
     progress: bool = True
-
-
-def score_batch(
-    detector: Detector,
-    batch: dict[str, np.ndarray],
-    score: str | None = None,
-    *,
-    pad_to: int | None = None,
-) -> dict[str, np.ndarray]:
-    """The one scoring function of both engines: {input, index, image, error[, label]} -> {input,
-    index, score, p_value, error}. Rows with an error are not scored; their score and p_value are
-    NaN. A conditional bundle's batches carry each image's class in "label".
-
-    With `pad_to`, smaller batches are padded with blank images (scored, then dropped): ONNX
-    Runtime then sees one batch shape, and its memory arena does not grow for each odd size."""
-    errors = np.array([str(e) for e in batch["error"]], dtype=object)
-    images = np.asarray(batch["image"])
-    labels = np.asarray(batch["label"]) if "label" in batch else None
-    ok = errors == ""
-    n_ok = int(ok.sum())
-    scores = np.full(len(errors), np.nan)
-    p_values = np.full(len(errors), np.nan)
-    if n_ok:
-        valid = images[ok]
-        valid_labels = None if labels is None else labels[ok]
-        if pad_to and n_ok < pad_to:
-            valid = np.concatenate([valid, np.zeros((pad_to - n_ok, *valid.shape[1:]), np.uint8)])
-            if valid_labels is not None:  # blanks get a real row's label: they are dropped anyway
-                valid_labels = np.concatenate(
-                    [valid_labels, np.full(pad_to - n_ok, valid_labels[0])]
-                )
-        try:
-            result = detector.score(valid, labels=valid_labels, score=score)
-            scores[ok], p_values[ok] = result.scores[:n_ok], result.p_values[:n_ok]
-        except InputError:
-            # One image the model cannot score (a non-finite output, a label it does not know)
-            # must not cost the batch.
-            for i in np.flatnonzero(ok):
-                try:
-                    one_label = None if labels is None else labels[i : i + 1]
-                    result = detector.score(images[i : i + 1], labels=one_label, score=score)
-                    scores[i], p_values[i] = result.scores[0], result.p_values[0]
-                except InputError as error:
-                    errors[i] = f"{batch['input'][i]}: {error}"
-    return {
-        "input": np.asarray(batch["input"], dtype=object),
-        "index": np.asarray(batch["index"]),
-        "score": scores,
-        "p_value": p_values,
-        "error": errors,
-    }
 
 
 # --- the local engine -----------------------------------------------------------------------------
@@ -149,7 +99,6 @@ def decoder_pool(workers: int) -> Executor:
 def run_local(
     pool: Executor,
     chunks: Iterator[Chunk],
-    spec: InputSpec,
     detector: Detector,
     score: str,
     batch_size: int,
@@ -158,10 +107,11 @@ def run_local(
 ) -> None:
     """Decode chunks in `pool` while this process scores them, in input order."""
     in_flight = 2 * getattr(pool, "_max_workers", 1) + 1  # keeps decoders busy; bounds memory
+    labelled = detector.conditional
     pending: deque = deque()
     try:
         for chunk in chunks:
-            pending.append(pool.submit(load_chunk, chunk, spec))
+            pending.append(pool.submit(load_chunk, chunk, detector.input_spec, labelled=labelled))
             if len(pending) >= in_flight:
                 decoded = pending.popleft().result()
                 on_batch(score_batch(detector, decoded, score, pad_to=batch_size))
@@ -271,12 +221,9 @@ def run(job: ScoreJob) -> dict:
     if not bundle.is_calibrated():
         msg = f"{job.bundle} has no calibration reference; run `normalcy calibrate` first"
         raise BundleError(msg)
-    score = job.score or bundle.metadata["default_score"]
-    if score not in bundle.score_names():
-        msg = f"unknown score {score!r}; this bundle offers {bundle.score_names()}"
-        raise InputError(msg)
-    alpha = check_alpha(bundle.metadata["calibration"]["alpha"] if job.alpha is None else job.alpha)
-    spec = InputSpec.from_metadata(bundle.metadata)
+    score = bundle.spec.score_name(job.score)
+    alpha = bundle.spec.calibration.alpha if job.alpha is None else check_alpha(job.alpha)
+    spec = InputSpec.of(bundle.spec)
     out.parent.mkdir(parents=True, exist_ok=True)
     identity = _identity(job, bundle, score)
     work = _work_area(job, out, identity)
@@ -319,20 +266,19 @@ def run(job: ScoreJob) -> dict:
 
         stack.enter_context(stop.installed())
         if pool is None:
-            from .batch_ray import run_ray
+            from .ray_engine import RayOptions, run_ray
 
-            extra = run_ray(job, chunks, spec, bundle, score, work, on_batch, stop)
-        else:
-            run_local(
-                pool,
-                chunks,
-                spec,
-                Detector(bundle, device=job.device),
-                score,
-                job.batch_size,
-                on_batch,
-                stop,
+            options = RayOptions(
+                address=job.ray_address,
+                actors=job.ray_actors,
+                cpus=job.ray_cpus,
+                batch_size=job.batch_size,
+                device=job.device,
             )
+            extra = run_ray(options, chunks, bundle, score, work, on_batch, stop)
+        else:
+            detector = Detector(bundle, device=job.device)
+            run_local(pool, chunks, detector, score, job.batch_size, on_batch, stop)
     complete = not stop.requested
     metadata = {**identity, "bundle_version": bundle.version, "alpha": alpha, "fdr": job.fdr}
     totals = write_results(journal, out, alpha=alpha, fdr=job.fdr, metadata=metadata)

@@ -6,12 +6,12 @@ import sys
 
 import pytest
 
-from service.cli import main
+from normalcy.cli import main
 
 
 def normalcy(*args):
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "normalcy.cli", *args], capture_output=True, text=True, check=False
     )
 
 

@@ -1,4 +1,4 @@
-"""Turning request bodies into uint8 image batches (B, C, H, W) for one model, or a clear 4xx.
+"""HTTP request bodies -> uint8 image batches (B, C, H, W) for one model, or a clear 4xx.
 
 Accepted on POST /v1/models/{name}/score:
 - multipart/form-data: every file part is one encoded image (PNG, JPEG, BMP, TIFF, ...);
@@ -6,7 +6,9 @@ Accepted on POST /v1/models/{name}/score:
   of pixel values 0..255, shaped (H, W) for grey models or (C, H, W);
 - image/* or application/octet-stream: the body is one encoded image.
 Encoded images of another size or colour mode are converted as the bundle's preprocessing says, or
-refused with the reason. Arrays must already have the model's shape: pixels are never guessed.
+refused with the reason. Arrays must already have the model's shape: pixels are never guessed. The
+input contract (InputSpec, the pixel rule, the conversion) is detectors.images'; this module adds
+only HTTP: request limits and the error codes of the answers.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from detectors.errors import InputError
-from detectors.images import decode_image, pil_to_array
+from detectors.images import InputSpec, decode_image, to_uint8
 
 from .errors import ApiError
 
@@ -38,29 +40,11 @@ async def parse(body_bytes: int, function, *args):
 
 
 @dataclass(frozen=True)
-class ImageSpec:
-    """What a model takes and what a request may send it."""
+class Limits:
+    """What one request may send: pixels per image (before decoding) and images."""
 
-    channels: int
-    height: int
-    width: int
-    resize: bool
-    convert: bool
     max_pixels: int
     max_images: int
-
-    @classmethod
-    def for_model(cls, metadata: dict, *, max_pixels: int, max_images: int) -> ImageSpec:
-        inp, pre = metadata["input"], metadata["preprocessing"]
-        return cls(
-            inp["channels"],
-            inp["height"],
-            inp["width"],
-            resize=pre["resize"] != "refuse",
-            convert=pre["color"] != "refuse",
-            max_pixels=max_pixels,
-            max_images=max_images,
-        )
 
 
 @dataclass
@@ -70,15 +54,15 @@ class ParsedImages:
     labels: list | None = None  # class labels from a JSON body (conditional models), unchecked
 
 
-def check_count(count: int, spec: ImageSpec) -> None:
+def check_count(count: int, limits: Limits) -> None:
     if count == 0:
         raise ApiError(400, "no_images", "the request holds no images")
-    if count > spec.max_images:
-        msg = f"{count} images in one request; the limit is {spec.max_images}"
+    if count > limits.max_images:
+        msg = f"{count} images in one request; the limit is {limits.max_images}"
         raise ApiError(413, "too_many_images", msg)
 
 
-def decode(data: bytes, spec: ImageSpec, name: str) -> np.ndarray:
+def decode(data: bytes, spec: InputSpec, limits: Limits, name: str) -> np.ndarray:
     """One encoded image -> uint8 (C, H, W), converted per the bundle's preprocessing."""
     if not data:
         raise ApiError(400, "empty_image", f"{name}: empty file, expected an encoded image")
@@ -87,29 +71,29 @@ def decode(data: bytes, spec: ImageSpec, name: str) -> np.ndarray:
             width, height = header.size
     except Exception:
         width = height = 0  # let decode_image say what is wrong
-    if width * height > spec.max_pixels:
+    if width * height > limits.max_pixels:
         pixels = width * height
-        msg = f"{name}: {width}x{height} = {pixels} pixels exceeds the limit of {spec.max_pixels}"
+        msg = f"{name}: {width}x{height} = {pixels} pixels exceeds the limit of {limits.max_pixels}"
         raise ApiError(413, "image_too_large", msg)
     try:
-        image = decode_image(data, max_pixels=spec.max_pixels, name=name)
+        image = decode_image(data, max_pixels=limits.max_pixels, name=name)
     except InputError as error:
         raise ApiError(400, "invalid_image", str(error)) from None
     try:
-        return pil_to_array(
-            image,
-            channels=spec.channels,
-            height=spec.height,
-            width=spec.width,
-            resize=spec.resize,
-            convert=spec.convert,
-            name=name,
-        )
+        return spec.from_image(image, name)
     except InputError as error:
         raise ApiError(400, "unsupported_image", str(error)) from None
 
 
-def pixel_array(value, spec: ImageSpec, name: str) -> np.ndarray:
+def pixels(values: np.ndarray, name: str) -> np.ndarray:
+    """Pixel values sent as numbers -> uint8 under the pixel rule, or a 400 invalid_pixels."""
+    try:
+        return to_uint8(values, name)
+    except InputError as error:
+        raise ApiError(400, "invalid_pixels", str(error)) from None
+
+
+def pixel_array(value, spec: InputSpec, name: str) -> np.ndarray:
     """A nested list of pixel values -> uint8 (C, H, W); refuses NaN, fractions, out-of-range."""
     try:
         array = np.asarray(value)
@@ -120,29 +104,14 @@ def pixel_array(value, spec: ImageSpec, name: str) -> np.ndarray:
         raise ApiError(400, "invalid_pixels", msg)
     if array.ndim == 2 and spec.channels == 1:
         array = array[None]
-    expected = (spec.channels, spec.height, spec.width)
-    if array.shape != expected:
-        shapes = f"{expected}" + (f" or {expected[1:]}" if spec.channels == 1 else "")
+    if array.shape != spec.shape:
+        shapes = f"{spec.shape}" + (f" or {spec.shape[1:]}" if spec.channels == 1 else "")
         msg = f"{name}: array shape {array.shape}, the model takes {shapes}"
         raise ApiError(400, "invalid_shape", msg)
-    return to_uint8(array, name)
+    return pixels(array, name)
 
 
-def to_uint8(array: np.ndarray, name: str) -> np.ndarray:
-    if array.dtype == np.uint8:
-        return array
-    values = array.astype(np.float64)
-    if not np.all(np.isfinite(values)):
-        raise ApiError(400, "invalid_pixels", f"{name}: pixel values include NaN or infinity")
-    if values.size and (values.min() < 0 or values.max() > 255):
-        msg = f"{name}: pixel values must be within 0..255, got {values.min():g}..{values.max():g}"
-        raise ApiError(400, "invalid_pixels", msg)
-    if not np.all(values == np.round(values)):
-        raise ApiError(400, "invalid_pixels", f"{name}: pixel values must be whole numbers 0..255")
-    return values.astype(np.uint8)
-
-
-def from_json(body: bytes, spec: ImageSpec) -> ParsedImages:
+def from_json(body: bytes, spec: InputSpec, limits: Limits) -> ParsedImages:
     try:
         document = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
@@ -161,7 +130,7 @@ def from_json(body: bytes, spec: ImageSpec) -> ParsedImages:
     if labels is not None and not isinstance(labels, list):
         raise ApiError(400, "invalid_labels", "labels must be a list, one class per image")
     items = document["images"]
-    check_count(len(items), spec)
+    check_count(len(items), limits)
     arrays = []
     for i, item in enumerate(items):
         name = f"images[{i}]"
@@ -170,7 +139,7 @@ def from_json(body: bytes, spec: ImageSpec) -> ParsedImages:
                 data = base64.b64decode(item, validate=True)
             except (binascii.Error, ValueError):
                 raise ApiError(400, "invalid_base64", f"{name}: not valid base64") from None
-            arrays.append(decode(data, spec, name))
+            arrays.append(decode(data, spec, limits, name))
         elif isinstance(item, list):
             arrays.append(pixel_array(item, spec, name))
         else:
@@ -179,7 +148,7 @@ def from_json(body: bytes, spec: ImageSpec) -> ParsedImages:
     return ParsedImages(np.stack(arrays), [None] * len(arrays), labels)
 
 
-def from_files(files: list[tuple[str, bytes]], spec: ImageSpec) -> ParsedImages:
-    check_count(len(files), spec)
-    arrays = [decode(data, spec, name) for name, data in files]
+def from_files(files: list[tuple[str, bytes]], spec: InputSpec, limits: Limits) -> ParsedImages:
+    check_count(len(files), limits)
+    arrays = [decode(data, spec, limits, name) for name, data in files]
     return ParsedImages(np.stack(arrays), [name for name, _ in files])

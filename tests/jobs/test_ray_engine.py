@@ -11,11 +11,12 @@ import pytest
 from PIL import Image
 
 from detectors.bundle import Bundle
-from service.batch import ScoreJob, _identity
-from service.batch_results import read_results
-from service.cli import main
+from jobs.score import ScoreJob, _identity
+
+from .cli import score
 
 pytestmark = pytest.mark.slow
+BATCH = ("--batch-size", "16")
 
 
 @pytest.fixture
@@ -43,29 +44,13 @@ def inputs(tmp_path, digits_test):
     return [str(folder), str(tmp_path / "arr.npy"), str(tmp_path / "t10k-images-idx3-ubyte.gz")]
 
 
-def score(bundle, specs, out, *extra) -> list[dict]:
-    argv = [
-        "score",
-        str(bundle),
-        *specs,
-        "--out",
-        str(out),
-        "--no-progress",
-        "--batch-size",
-        "16",
-        *extra,
-    ]
-    assert main(argv) == 0
-    return read_results(out)
-
-
 def test_ray_engine_writes_the_same_rows_as_the_local_engine(
     ray_installed, vae_bundle, inputs, tmp_path, capsys
 ):
-    local = score(vae_bundle, inputs, tmp_path / "local.parquet", "--engine", "local")
+    local = score(vae_bundle, inputs, tmp_path / "local.parquet", *BATCH, "--engine", "local")
     capsys.readouterr()
     on_ray = score(
-        vae_bundle, inputs, tmp_path / "ray.parquet", "--engine", "ray", "--ray-cpus", "2"
+        vae_bundle, inputs, tmp_path / "ray.parquet", *BATCH, "--engine", "ray", "--ray-cpus", "2"
     )
     summary = json.loads(capsys.readouterr().out)
     assert summary["engine"] == "ray"
@@ -79,17 +64,17 @@ def test_ray_engine_writes_the_same_rows_as_the_local_engine(
 def test_ray_engine_resumes_a_journal_the_local_engine_started(
     ray_installed, vae_bundle, inputs, tmp_path
 ):
-    full = score(vae_bundle, inputs, tmp_path / "local.csv", "--engine", "local")
+    full = score(vae_bundle, inputs, tmp_path / "local.csv", *BATCH, "--engine", "local")
     out = tmp_path / "resumed.csv"
     work = tmp_path / "resumed.csv.work"
     work.mkdir()
     bundle = Bundle.read(vae_bundle)
     identity = _identity(
-        ScoreJob(str(vae_bundle), inputs, str(out)), bundle, bundle.metadata["default_score"]
+        ScoreJob(str(vae_bundle), inputs, str(out)), bundle, bundle.spec.default_score
     )
     (work / "job.json").write_text(json.dumps(identity))
     fields = ("input", "index", "score", "p_value", "error")
     done = [{k: row[k] for k in fields} for row in full[:45]]
     (work / "journal.jsonl").write_text("".join(json.dumps(row) + "\n" for row in done))
-    rows = score(vae_bundle, inputs, out, "--engine", "ray", "--ray-cpus", "2", "--resume")
+    rows = score(vae_bundle, inputs, out, *BATCH, "--engine", "ray", "--ray-cpus", "2", "--resume")
     assert rows == full

@@ -28,7 +28,7 @@ import numpy as np
 from detectors.calibration import benjamini_hochberg
 from detectors.errors import InputError
 
-from .batch_inputs import NO_INDEX, Item
+from .inputs import NO_INDEX, Item
 
 FORMATS = (".csv", ".jsonl", ".parquet")
 PARQUET_ROW_GROUP = 65_536
@@ -54,7 +54,7 @@ def _number(value) -> float | None:
 
 
 def rows_from_batch(batch: dict[str, np.ndarray]) -> list[dict]:
-    """Scored columns (see service.batch.score_batch) -> journal rows; NaN and '' become null."""
+    """Scored columns (see jobs.scoring.score_batch) -> journal rows; NaN and '' become null."""
     rows = []
     for path, index, score, p_value, error in zip(
         batch["input"],

@@ -1,16 +1,16 @@
-"""The models in service: one per bundle in the model folder, each with its own micro-batcher.
+"""The model registry: one ServedModel per bundle in the model folder.
 
-A new or changed bundle is read, opened in ONNX Runtime and warmed up off the event loop; only then
-does it replace the old entry, in one dict assignment on the loop. Requests already queued finish on
-the old model (its batcher drains in the background). A bundle that fails any step is refused,
-logged and counted, and whatever served before keeps serving.
+The folder is scanned (on start, on `reload`, and by a watcher); a new or changed bundle is read,
+opened in ONNX Runtime and warmed up off the event loop, and only then replaces the old model, in
+one dict assignment on the loop (the atomic swap). Requests already queued finish on the old model:
+its batcher drains in the background. A bundle that fails any step is refused, logged and counted,
+and whatever served before keeps serving.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,165 +18,14 @@ import numpy as np
 
 from detectors import Detector, ScoreResult
 from detectors.bundle import Bundle
-from detectors.drift import DriftMonitor
-from detectors.errors import InputError
 
-from .batcher import Arrival, BatchStats, MicroBatcher, Rejected
+from .batcher import Rejected
 from .errors import ApiError
 from .metrics import Metrics
+from .model import ServedModel, Signature
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-Signature = tuple[int, int]  # (mtime_ns, size): cheap change detection before hashing
-
-
-@dataclass
-class ModelEntry:
-    """A loaded, warmed-up detector and the batcher that feeds it."""
-
-    name: str
-    path: Path
-    signature: Signature
-    detector: Detector
-    batcher: MicroBatcher
-    drift: DriftMonitor
-    metrics: Metrics
-    loaded_at: float = field(default_factory=time.time)
-
-    @property
-    def version(self) -> str:
-        return self.detector.version
-
-    @property
-    def has_heatmap(self) -> bool:
-        return bool(self.detector.metadata.get("heatmap"))
-
-    @property
-    def heatmap_units(self) -> str | None:
-        heat = self.detector.metadata.get("heatmap") or {}
-        if not heat:
-            return None
-        return "z-score" if heat.get("mean") and heat.get("std") else "bits"
-
-    def threshold(self, score: str, alpha: float) -> float | None:
-        """The decision threshold, or None when no score can reach p <= alpha (small reference)."""
-        value = self.detector.threshold(score, alpha)
-        return value if np.isfinite(value) else None
-
-    async def score(
-        self,
-        images: np.ndarray,
-        *,
-        score: str | None = None,
-        alpha: float | None = None,
-        heatmap: bool = False,
-        arrival: Arrival | None = None,
-        labels=None,
-    ) -> ScoreResult:
-        """Score images through the micro-batcher; ApiError for what the caller got wrong, Rejected
-        when the batcher cannot take the work. A conditional model needs one label per image."""
-        detector = self.detector
-        name = detector.default_score if score is None else score
-        if name not in detector.score_names:
-            msg = f"unknown score {name!r}; model {self.name!r} offers {detector.score_names}"
-            raise ApiError(400, "unknown_score", msg)
-        alpha = detector.default_alpha if alpha is None else alpha
-        if not 0.0 < alpha < 1.0:
-            raise ApiError(400, "invalid_alpha", f"alpha must be in (0, 1), got {alpha}")
-        if heatmap and not self.has_heatmap:
-            raise ApiError(
-                400, "heatmap_unavailable", f"model {self.name!r} has no heat-map output"
-            )
-        batch = detector.check_images(images)
-        try:
-            labels = detector.check_labels(labels, len(batch))
-        except InputError as error:
-            raise ApiError(400, "invalid_labels", str(error)) from None
-        # Raises Rejected when the batcher cannot take the work.
-        futures = self.batcher.submit(batch, (name, heatmap), arrival, labels)
-        parts = await asyncio.gather(*futures)
-        scores = np.concatenate([p["scores"] for p in parts])
-        p_values = np.concatenate([p["p_values"] for p in parts])
-        heat = np.concatenate([p["heatmap"] for p in parts]) if heatmap else None
-        mapped = parts[0]["probability"] is not None  # the bundle maps this score to P(anomaly)
-        probability = np.concatenate([p["probability"] for p in parts]) if mapped else None
-        is_anomaly = p_values <= alpha
-        self._observe(name, scores, p_values, is_anomaly)
-        threshold = detector.threshold(name, alpha)
-        return ScoreResult(
-            name, alpha, threshold, scores, p_values, is_anomaly, heat, probability=probability
-        )
-
-    def _observe(
-        self, score_name: str, scores: np.ndarray, p_values: np.ndarray, is_anomaly: np.ndarray
-    ) -> None:
-        m, model = self.metrics, self.name
-        m.images_scored.labels(model).inc(len(scores))
-        m.anomalies.labels(model).inc(int(is_anomaly.sum()))
-        score_hist, p_hist = m.score.labels(model, score_name), m.p_value.labels(model)
-        for value in scores.tolist():
-            score_hist.observe(value)
-        for value in p_values.tolist():
-            p_hist.observe(value)
-        self.drift.update(p_values)
-
-    def update_drift_metrics(self) -> None:
-        status = self.drift.status()
-        if status is not None:
-            self.metrics.drift_statistic.labels(self.name).set(status.statistic)
-            self.metrics.drift_p_value.labels(self.name).set(status.p_value)
-
-    def describe(self, *, full: bool = False) -> dict:
-        """What GET /v1/models says about this model (`full` adds scores, training, histograms)."""
-        d = self.detector
-        meta = d.metadata
-        channels, height, width = d.input_shape
-        summary = {
-            "name": self.name,
-            "version": self.version,
-            "sha256": d.bundle.sha256,
-            "kind": d.kind,
-            "provider": d.provider,
-            "input": {**meta["input"], "shape": [channels, height, width]},
-            "default_score": d.default_score,
-            "scores": d.score_names,
-            "calibration": {
-                "alpha": d.default_alpha,
-                "n_reference": len(d.reference()),
-                "threshold": self.threshold(d.default_score, d.default_alpha),
-                "data": meta["calibration"].get("data"),
-            },
-            "heatmap": self.has_heatmap,
-            "conditional": d.conditional,
-            "labels": meta.get("labels"),
-            "loaded_at": self.loaded_at,
-        }
-        if not full:
-            return summary
-        scores = {}
-        for name in d.score_names:
-            spec = meta["scores"][name]
-            reference = d.reference(name)
-            counts, edges = np.histogram(reference, bins=min(30, max(1, len(reference) // 5)))
-            scores[name] = {
-                **{k: v for k, v in spec.items() if k != "reference"},
-                "reference_size": len(reference),
-                "threshold": self.threshold(name, d.default_alpha),
-                "reference_histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
-            }
-        summary.update(
-            scores=scores,
-            preprocessing=meta["preprocessing"],
-            model=meta["model"],
-            training=meta.get("training", {}),
-            heatmap_units=self.heatmap_units,
-            batching={
-                "max_batch_size": self.batcher.max_batch_size,
-                "max_wait_ms": self.batcher.max_wait_s * 1000.0,
-                "queue_capacity": self.batcher.capacity,
-            },
-        )
-        return summary
 
 
 @dataclass
@@ -194,7 +43,7 @@ class ModelRegistry:
         self.settings = settings
         self.metrics = metrics
         self.folder = Path(settings.models_dir)
-        self.entries: dict[str, ModelEntry] = {}
+        self.entries: dict[str, ServedModel] = {}
         self.started = False
         self.shutting_down = False
         self._failed: dict[str, Signature] = {}  # refused files, not retried until they change
@@ -207,7 +56,7 @@ class ModelRegistry:
     def ready(self) -> bool:
         return self.started and not self.shutting_down and bool(self.entries)
 
-    def get(self, name: str) -> ModelEntry:
+    def get(self, name: str) -> ServedModel:
         entry = self.entries.get(name)
         if entry is None:
             msg = f"unknown model {name!r}; serving {sorted(self.entries)}"
@@ -239,8 +88,8 @@ class ModelRegistry:
         )
 
     async def score(
-        self, entry: ModelEntry, images: np.ndarray, **options
-    ) -> tuple[ScoreResult, ModelEntry]:
+        self, entry: ServedModel, images: np.ndarray, **options
+    ) -> tuple[ScoreResult, ServedModel]:
         """Score on `entry`, or on its successor if a hot swap closed it after the request began.
 
         Returns the result and the entry that produced it (its version goes in the answer).
@@ -340,9 +189,7 @@ class ModelRegistry:
             for size in sorted({1, self.settings.max_batch_size}):
                 blank = np.zeros((size, channels, height, width), np.uint8)
                 labels = None if not detector.conditional else np.full(size, detector.classes[0])
-                result = detector.score(
-                    blank, labels=labels, heatmap=bool(detector.metadata.get("heatmap"))
-                )
+                result = detector.score(blank, labels=labels, heatmap=detector.has_heatmap)
                 if not (np.all(result.p_values > 0) and np.all(result.p_values <= 1)):
                     msg = "warm-up produced p-values outside (0, 1]"
                     raise ValueError(msg)
@@ -350,42 +197,12 @@ class ModelRegistry:
 
     def _swap(self, name: str, path: Path, sig: Signature, detector: Detector) -> None:
         s, m = self.settings, self.metrics
-
-        def infer(key, images, labels=None):
-            score, heatmap = key
-            result = detector.score(images, labels=labels, score=score, heatmap=heatmap)
-            return {
-                "scores": result.scores,
-                "p_values": result.p_values,
-                "heatmap": result.heatmap,
-                "probability": result.probability,
-            }
-
-        batcher = MicroBatcher(
-            infer,
-            max_batch_size=s.max_batch_size,
-            max_wait_ms=s.max_wait_ms,
-            capacity=s.max_queue_images,
-            name=name,
-            on_inference=lambda st: _observe_batch(m, name, st),
-            on_depth=m.queue_depth.labels(name).set,
-        )
-        entry = ModelEntry(
-            name,
-            path,
-            sig,
-            detector,
-            batcher,
-            DriftMonitor(
-                s.drift_window, s.drift_min_samples, reference_size=len(detector.reference())
-            ),
-            m,
-        )
+        model = ServedModel(name, path, sig, detector, s, m)
         old = self.entries.get(name)
-        self.entries[name] = entry  # the atomic swap: new requests see the new model from here on
+        self.entries[name] = model  # the atomic swap: new requests see the new model from here on
         m.model_loaded(
             name,
-            version=entry.version,
+            version=model.version,
             kind=detector.kind,
             provider=detector.provider,
             alpha=detector.default_alpha,
@@ -394,7 +211,7 @@ class ModelRegistry:
         log.info(
             "serving model %r version %s (%s) from %s on %s, %d thread(s)%s",
             name,
-            entry.version,
+            model.version,
             detector.kind,
             path,
             detector.provider,
@@ -411,7 +228,7 @@ class ModelRegistry:
         log.info("model %r removed (its file is gone)", name)
         self._drain(entry)
 
-    def _drain(self, entry: ModelEntry) -> None:
+    def _drain(self, entry: ServedModel) -> None:
         task = asyncio.get_running_loop().create_task(
             entry.batcher.close(self.settings.shutdown_timeout_s)
         )
@@ -425,8 +242,3 @@ class ModelRegistry:
                 await self.reload(retry_failed=False, stable_only=True)
             except Exception:  # the watcher must outlive a surprise (a folder gone, a full disk)
                 log.exception("watching %s failed; trying again", self.folder)
-
-
-def _observe_batch(metrics: Metrics, name: str, stats: BatchStats) -> None:
-    metrics.inference_duration.labels(name).observe(stats.seconds)
-    metrics.batch_size.labels(name).observe(stats.images)

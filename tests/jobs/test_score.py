@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +20,12 @@ from PIL import Image
 from detectors import Detector
 from detectors.bundle import Bundle, write_bundle
 from detectors.calibration import benjamini_hochberg
-from service.batch import ScoreJob, run
-from service.batch_ray import MAX_TEMP_DIR_CHARS, ray_temp_dir
-from service.batch_results import read_results
-from service.cli import main
+from jobs.ray_engine import MAX_TEMP_DIR_CHARS, ray_temp_dir
+from jobs.results import read_results
+from jobs.score import ScoreJob, run
+from normalcy.cli import main
+
+from .cli import score
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,20 +56,6 @@ def inputs(tmp_path, digits_test):
     np.save(tmp_path / "arr.npy", images[40:70])
     write_idx_gz(tmp_path / "t10k-images-idx3-ubyte.gz", images[70:90])
     return tmp_path, images[:90]
-
-
-def score(bundle, inputs, out, *extra) -> dict:
-    argv = [
-        "score",
-        str(bundle),
-        *[str(i) for i in inputs],
-        "--out",
-        str(out),
-        "--no-progress",
-        *extra,
-    ]
-    assert main(argv) == 0
-    return read_results(out)
 
 
 def keys(rows):
@@ -134,10 +123,9 @@ def test_images_of_another_size_or_mode_follow_the_bundles_preprocessing(vae_bun
     assert rows[0]["error"] is None  # resized and converted to grey, as the bundle allows
 
     bundle = Bundle.read(vae_bundle)
-    meta = json.loads(json.dumps(bundle.metadata))
-    meta["preprocessing"] = {"resize": "refuse", "color": "refuse"}
+    refuse = replace(bundle.spec.preprocessing, resize="refuse", color="refuse")
     strict = tmp_path / "strict.onnx"
-    write_bundle(bundle.model_bytes, meta, strict)
+    write_bundle(bundle.model_bytes, replace(bundle.spec, preprocessing=refuse), strict)
     rows = score(strict, [folder], tmp_path / "refused.csv")
     assert "colour mode" in rows[0]["error"] or "size" in rows[0]["error"]
 
@@ -207,7 +195,7 @@ def start_job(bundle, specs, out, *extra) -> subprocess.Popen:
     argv = [
         sys.executable,
         "-m",
-        "service.cli",
+        "normalcy.cli",
         "score",
         str(bundle),
         *map(str, specs),
@@ -307,11 +295,11 @@ def test_a_torn_journal_line_is_cut_off_and_that_input_rescored(vae_bundle, inpu
     # The state a kill in the middle of a write leaves: 10 whole lines and half of the 11th.
     work = tmp_path / "results.csv.work"
     work.mkdir()
-    from service.batch import _identity
+    from jobs.score import _identity
 
     bundle = Bundle.read(vae_bundle)
     job = ScoreJob(str(vae_bundle), specs, str(out))
-    identity = _identity(job, bundle, bundle.metadata["default_score"])
+    identity = _identity(job, bundle, bundle.spec.default_score)
     (work / "job.json").write_text(json.dumps(identity))
     lines = [
         json.dumps({k: r[k] for k in ("input", "index", "score", "p_value", "error")}) + "\n"
@@ -329,14 +317,15 @@ def test_resume_refuses_the_work_area_of_another_bundle(vae_bundle, inputs, tmp_
     job = ScoreJob(str(vae_bundle), [str(folder / "pngs")], str(out), progress=False)
     # Leave an interrupted job's work area, then resume it with a re-calibrated bundle.
     bundle = Bundle.read(vae_bundle)
-    meta = json.loads(json.dumps(bundle.metadata))
-    meta["calibration"]["alpha"] = 0.05
-    other = write_bundle(bundle.model_bytes, meta, tmp_path / "other.onnx")
+    calibration = replace(bundle.spec.calibration, alpha=0.05)
+    other = write_bundle(
+        bundle.model_bytes, replace(bundle.spec, calibration=calibration), tmp_path / "other.onnx"
+    )
     work = tmp_path / "r.csv.work"
     work.mkdir()
-    from service.batch import _identity
+    from jobs.score import _identity
 
-    identity = _identity(job, bundle, bundle.metadata["default_score"])
+    identity = _identity(job, bundle, bundle.spec.default_score)
     (work / "job.json").write_text(json.dumps(identity))
     (work / "journal.jsonl").write_text('{"input": "x", "index": null}\n')
     with pytest.raises(ValueError, match="another job"):
@@ -345,7 +334,7 @@ def test_resume_refuses_the_work_area_of_another_bundle(vae_bundle, inputs, tmp_
 
 def test_batch_scoring_never_imports_torch():
     code = (
-        "import sys, service.batch, service.batch_ray, service.cli; "
+        "import sys, jobs.score, jobs.ray_engine, normalcy.cli; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run(

@@ -11,9 +11,9 @@ import pytest
 
 from detectors import Bundle, Detector
 from detectors.calibration import alpha_for_threshold
-from detectors.datasets import load_digits
 from detectors.onnxfile import with_metadata_props
-from service.cli import main
+from detectors.sources import load_digits
+from normalcy.cli import main
 
 NORMAL = "0,1,2,3,4"
 
@@ -43,7 +43,7 @@ def test_calibrate_rewrites_the_references_and_nothing_else(bundle_copy, capsys)
     detector = Detector.load(bundle_copy, device="cpu")
     test = load_digits("test")
     normal = test.images[np.isin(test.labels, [0, 1, 2, 3, 4])]
-    assert detector.metadata["calibration"]["n_reference"] == len(normal)
+    assert detector.spec.calibration.n_reference == len(normal)
     assert detector.default_alpha == 0.2
     scores = detector.raw_scores(normal)
     for name in detector.score_names:
@@ -60,7 +60,7 @@ def test_heat_maps_are_z_scores_against_the_calibration_images(bundle_copy, caps
     test = load_digits("test")
     normal = test.images[np.isin(test.labels, [0, 1, 2, 3, 4])]
     z = detector.score(normal, heatmap=True).heatmap  # (B, 1, 8, 8)
-    std = np.asarray(detector.metadata["heatmap"]["std"]).reshape(1, 8, 8)
+    std = np.asarray(detector.spec.heatmap.std).reshape(1, 8, 8)
     varying = std > 1e-2
     np.testing.assert_allclose(z.mean(0)[varying], 0.0, atol=1e-3)
     np.testing.assert_allclose(z.std(0)[varying], 1.0, atol=1e-3)
@@ -108,7 +108,7 @@ def test_labelled_anomalies_choose_alpha_and_map_scores_to_probabilities(bundle_
     )
     assert code == 0
     detector = Detector.load(bundle_copy, device="cpu")
-    choice = detector.metadata["calibration"]["choice"]
+    choice = detector.spec.calibration.choice
     assert choice["rule"] == "fpr"
     assert choice["target"] == 0.1
     assert choice["fpr"] <= 0.1
@@ -128,12 +128,13 @@ def test_labelled_anomalies_choose_alpha_and_map_scores_to_probabilities(bundle_
     assert np.all((result.probability >= 0) & (result.probability <= 1))
     assert result.probability[anomalous].mean() > result.probability[~anomalous].mean()
     for name in detector.score_names:  # every score gets a map, stored as plain JSON
-        assert detector.metadata["scores"][name]["probability"]["method"] == "isotonic"
+        assert detector.spec.to_json()["scores"][name]["probability"]["method"] == "isotonic"
 
     # Recalibrating without labels drops what the labels chose.
     _calibrate(capsys, bundle_copy, "--data", "digits:test", "--normal-classes", NORMAL)
     detector = Detector.load(bundle_copy, device="cpu")
-    assert "choice" not in detector.metadata["calibration"]
+    assert detector.spec.calibration.choice is None
+    assert "choice" not in detector.spec.to_json()["calibration"]
     assert detector.score(test.images[:3]).probability is None
 
 
@@ -162,14 +163,14 @@ def test_calibrate_can_write_a_new_file(bundle_copy, tmp_path, capsys):
     )
     assert code == 0
     assert bundle_copy.read_bytes() == before
-    meta = Bundle.read(out).metadata
-    assert meta["calibration"]["choice"]["rule"] == "f1"
-    assert meta["scores"]["nll"]["probability"]["method"] == "logistic"
+    spec = Bundle.read(out).spec
+    assert spec.calibration.choice["rule"] == "f1"
+    assert spec.scores["nll"].probability.method == "logistic"
 
 
 def test_calibrate_runs_without_importing_torch(bundle_copy):
     code = (
-        "import sys; from service.cli import main; "
+        "import sys; from normalcy.cli import main; "
         f"rc = main(['calibrate', {str(bundle_copy)!r}, '--data', 'digits:test', "
         "'--anomalous', 'digits:test', '--anomalous-classes', '9']); "
         "assert rc == 0; assert 'torch' not in sys.modules, 'torch was imported'"

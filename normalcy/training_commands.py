@@ -1,0 +1,180 @@
+"""`normalcy train`, `report` and `demo`: the commands that need PyTorch (the `train` extra). They
+import `training` when they run, so the other commands work in an install without it."""
+
+from __future__ import annotations
+
+import json
+
+from .arguments import alpha, classes
+
+
+def add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a PixelCNN or VAE on normal images and write its bundle"
+    )
+    p.add_argument("kind", choices=["pixelcnn", "vae"])
+    p.add_argument(
+        "--data", required=True, help="data spec: digits[:train], idx:PATH, folder:DIR, npy:FILE"
+    )
+    p.add_argument("--normal-classes", type=classes, help="keep only these labels, e.g. 0,1")
+    p.add_argument("--out", required=True, help="FILE.onnx (the checkpoint goes beside it)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--patience", type=int, default=3, help="early stopping: epochs without improvement"
+    )
+    p.add_argument("--max-minutes", type=float, help="wall-clock training budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the checkpoint beside --out"
+    )
+    p.add_argument("--hidden", type=int, help="feature maps (PixelCNN) or first conv width (VAE)")
+    p.add_argument("--layers", type=int, help="PixelCNN gated layers")
+    p.add_argument("--kernel", type=int, help="PixelCNN kernel size (odd)")
+    p.add_argument("--latent", type=int, help="VAE latent dimensions")
+    p.add_argument("--likelihood", choices=["logistic", "categorical"], help="VAE decoder")
+    p.add_argument("--samples", type=int, default=4, help="VAE importance samples when scoring")
+    p.add_argument(
+        "--background-rate",
+        type=float,
+        default=0.0,
+        help="PixelCNN: also fit a background model on pixels substituted at this rate "
+        "(adds the likelihood_ratio score)",
+    )
+    p.add_argument("--alpha", type=alpha, default=0.01, help="default false-positive rate")
+    p.add_argument(
+        "--conditional",
+        action="store_true",
+        help="class-conditional model: trained, calibrated and scored with labels",
+    )
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--no-report",
+        action="store_true",
+        help="skip the HTML training report (written to <out stem>-report/ by default)",
+    )
+    p.set_defaults(run=run_train)
+
+
+def run_train(args) -> int:
+    from training.pipeline import TrainJob, run
+    from training.train import TrainConfig
+
+    names = {"pixelcnn": ("hidden", "layers", "kernel"), "vae": ("hidden", "latent", "likelihood")}
+    model = {k: getattr(args, k) for k in names[args.kind] if getattr(args, k) is not None}
+    train = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patience=args.patience,
+        max_minutes=args.max_minutes,
+        seed=args.seed,
+        device=args.device,
+        conditional=args.conditional,
+    )
+    job = TrainJob(
+        args.kind,
+        args.data,
+        args.out,
+        normal_classes=args.normal_classes,
+        model=model,
+        train=train,
+        background_rate=args.background_rate,
+        alpha=args.alpha,
+        samples=args.samples,
+        progress=not args.no_progress,
+        resume=args.resume,
+    )
+    _, summary = run(job)
+    if summary is not None:  # None on the ranks other than 0 under torchrun
+        if not args.no_report:
+            from training.report import report_after_training
+
+            summary["report"] = str(report_after_training(job).page)
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def add_report(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="HTML page with figures: training curve, samples, "
+        "reconstructions, score histograms, ROC, calibration",
+    )
+    p.add_argument(
+        "source", help="a bundle FILE.onnx or checkpoint FILE.pt (each finds the other beside it)"
+    )
+    p.add_argument(
+        "--data", required=True, help="data spec of normal images (held out from training)"
+    )
+    p.add_argument("--anomalous", help="data spec of anomalous images")
+    p.add_argument(
+        "--normal-classes",
+        type=classes,
+        help="with labelled --data: these classes are normal, the rest anomalous "
+        "(default: the bundle's training classes)",
+    )
+    p.add_argument("--out", required=True, help="folder for index.html, the PNGs and report.json")
+    p.add_argument(
+        "--alpha", type=alpha, help="false-positive rate for thresholds (default: the bundle's)"
+    )
+    p.add_argument("--samples", type=int, default=64, help="images to sample")
+    p.add_argument(
+        "--max-images", type=int, default=2000, help="score at most this many images per set"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="for sampling")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run_report)
+
+
+def run_report(args) -> int:
+    from training.report import report_from_specs
+
+    report = report_from_specs(
+        args.source,
+        args.data,
+        args.out,
+        anomalous=args.anomalous,
+        normal_classes=args.normal_classes,
+        alpha=args.alpha,
+        n_samples=args.samples,
+        max_images=args.max_images,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    print(
+        json.dumps(
+            {
+                "page": str(report.page),
+                "figures": [f.file for f in report.figures],
+                "omitted": report.omitted,
+                **{
+                    k: v
+                    for k, v in report.metrics.items()
+                    if k in ("auroc", "fpr_at_alpha", "alpha")
+                },
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo", help="train both models on the bundled digits and print their quality"
+    )
+    p.add_argument("--out", default="runs/demo", help="folder for the bundles")
+    p.add_argument("--quick", action="store_true", help="tiny models, a few epochs (for tests)")
+    p.set_defaults(run=run_demo)
+
+
+def run_demo(args) -> int:
+    from training.demo import demo
+
+    print(demo(args.out, quick=args.quick))
+    return 0

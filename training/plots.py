@@ -1,0 +1,151 @@
+"""The training report's figures, drawn with matplotlib's Agg backend (no pyplot, no global state,
+no window): arrays in, one PNG file out, its name returned."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from detectors.calibration import conformal_p_values
+
+ALPHAS = np.geomspace(0.001, 0.5, 40)
+
+
+def _grid(images: np.ndarray, columns: int) -> np.ndarray:
+    """uint8 (N, C, H, W) -> one (rows*(H+1)-1, columns*(W+1)-1[, C]) image with 1-pixel gaps."""
+    n, c, h, w = images.shape
+    rows = math.ceil(n / columns)
+    grid = np.full((rows * (h + 1) - 1, columns * (w + 1) - 1, c), 255, np.uint8)
+    for k in range(n):
+        r, q = divmod(k, columns)
+        top, left = r * (h + 1), q * (w + 1)
+        grid[top : top + h, left : left + w] = images[k].transpose(1, 2, 0)
+    return grid[..., 0] if c == 1 else grid
+
+
+def _show_grid(ax, images: np.ndarray, columns: int) -> None:
+    ax.imshow(_grid(images, columns), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.set_axis_off()
+
+
+def _figure(figsize: tuple[float, float]) -> Figure:
+    """A figure drawn by the Agg backend: no pyplot, no global state, no window."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, out: Path, name: str) -> str:
+    fig.savefig(out / name, dpi=110, bbox_inches="tight")
+    return name
+
+
+def plot_history(history: list[dict], out: Path) -> str:
+    epochs = [row["epoch"] for row in history]
+    fig = _figure((6, 3.6))
+    ax = fig.subplots()
+    ax.plot(epochs, [row["train_bits_per_dim"] for row in history], "o-", label="training")
+    ax.plot(epochs, [row["validation_bits_per_dim"] for row in history], "s-", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("bits/dim")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, out, "history.png")
+
+
+def plot_image_rows(rows: list[tuple[str, np.ndarray]], out: Path, name: str, columns: int) -> str:
+    """One titled grid per entry of `rows` (label, uint8 images (N, C, H, W)), stacked."""
+    height = 0.6 * len(rows) + 0.5 + sum(math.ceil(len(im) / columns) * 0.5 for _, im in rows)
+    fig = _figure((columns * 0.5 + 1, height))
+    axes = fig.subplots(len(rows), 1, squeeze=False)
+    for ax, (label, images) in zip(axes[:, 0], rows, strict=True):
+        _show_grid(ax, images, columns)
+        ax.set_title(label, fontsize=9, loc="left")
+    return _save(fig, out, name)
+
+
+def plot_histograms(
+    normal: dict, anomalous: dict | None, thresholds: dict, default: str, alpha: float, out: Path
+) -> str:
+    names = list(normal)
+    columns = min(3, len(names))
+    rows = math.ceil(len(names) / columns)
+    fig = _figure((4.2 * columns, 3.2 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        values = [normal[name]] + ([anomalous[name]] if anomalous else [])
+        finite = np.concatenate(values)
+        bins = np.linspace(finite.min(), finite.max(), 41)
+        ax.hist(normal[name], bins=bins, alpha=0.6, density=True, label="normal")
+        if anomalous:
+            ax.hist(anomalous[name], bins=bins, alpha=0.6, density=True, label="anomalous")
+        if math.isfinite(thresholds[name]):
+            ax.axvline(
+                thresholds[name], color="k", ls="--", lw=1, label=f"threshold (alpha={alpha:g})"
+            )
+        ax.set_title(name + (" (default)" if name == default else ""), fontsize=10)
+        ax.set_xlabel("raw score (higher = more anomalous)", fontsize=8)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.set_axis_off()
+    fig.tight_layout()
+    return _save(fig, out, "scores.png")
+
+
+def plot_roc(normal: dict, anomalous: dict, out: Path) -> tuple[str, dict]:
+    fig = _figure((4.6, 4.4))
+    ax = fig.subplots()
+    aurocs = {}
+    n_normal, n_anomalous = len(next(iter(normal.values()))), len(next(iter(anomalous.values())))
+    y = np.r_[np.zeros(n_normal), np.ones(n_anomalous)]
+    for name in normal:
+        s = np.r_[normal[name], anomalous[name]]
+        fpr, tpr, _ = roc_curve(y, s)
+        aurocs[name] = float(roc_auc_score(y, s))
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {aurocs[name]:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    return _save(fig, out, "roc.png"), aurocs
+
+
+def plot_calibration(
+    normal: dict, references: dict, default_alpha: float, out: Path
+) -> tuple[str, dict]:
+    """Measured FPR on normal images against alpha: conformal p-values promise FPR <= alpha."""
+    n = len(next(iter(normal.values())))
+    fig = _figure((4.6, 4.4))
+    ax = fig.subplots()
+    floor = 0.5 / n  # a measured rate of 0 is drawn here, on the log scale
+    band = 2 * np.sqrt(ALPHAS * (1 - ALPHAS) / n)
+    ax.fill_between(
+        ALPHAS,
+        np.maximum(ALPHAS - band, floor),
+        ALPHAS + band,
+        color="grey",
+        alpha=0.2,
+        label="alpha +- 2 s.e.",
+    )
+    ax.axhline(floor, color="grey", lw=0.5)
+    ax.plot(ALPHAS, ALPHAS, color="grey", ls=":", lw=1)
+    measured = {}
+    for name, scores in normal.items():
+        p = conformal_p_values(scores, references[name])
+        fpr = np.array([np.mean(p <= a) for a in ALPHAS])
+        ax.plot(ALPHAS, np.maximum(fpr, floor), label=name, lw=1.2)
+        measured[name] = float(np.mean(p <= default_alpha))
+    ax.axvline(default_alpha, color="k", ls="--", lw=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("alpha (target false-positive rate)")
+    ax.set_ylabel(f"measured false-positive rate (n={n})")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, out, "calibration.png"), measured
