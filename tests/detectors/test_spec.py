@@ -1,0 +1,152 @@
+"""The bundle's metadata as typed records: bundles written before the records existed still load
+and write back the same JSON; unknown fields survive; a new score kind is one registered class."""
+
+import json
+from dataclasses import FrozenInstanceError, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detectors import Bundle, BundleError, Detector, score_kinds, write_bundle
+from detectors.bundle import METADATA_KEY
+from detectors.onnxfile import with_metadata_props
+from detectors.runtime import scores_from_outputs
+from detectors.score_kinds import ScoreSpec, score_kind
+from detectors.spec import BundleSpec
+
+# Metadata of bundles that the code before the typed records trained and calibrated (a PixelCNN
+# with a background model, calibrated with labelled anomalies; a VAE; a conditional VAE).
+MAIN = json.loads((Path(__file__).parent / "data" / "main_metadata.json").read_text())
+
+
+def _keys(document: dict, prefix: str = "") -> set[str]:
+    """Every key path of a JSON document."""
+    keys = set()
+    for key, value in document.items():
+        keys.add(prefix + key)
+        if isinstance(value, dict):
+            keys |= _keys(value, f"{prefix}{key}.")
+    return keys
+
+
+@pytest.mark.parametrize("name", sorted(MAIN))
+def test_metadata_written_before_reads_and_writes_back_unchanged(name):
+    document = MAIN[name]
+    spec = BundleSpec.from_json(document)
+    assert spec.to_json() == document
+    assert BundleSpec.from_json(spec.to_json()) == spec
+
+
+@pytest.mark.parametrize(
+    ("name", "fixture"),
+    [("pixelcnn", "pixelcnn_bundle"), ("conditional_vae", "conditional_vae_bundle")],
+)
+def test_a_bundle_with_earlier_metadata_scores(name, fixture, request, tmp_path, digits_test):
+    graph = Bundle.read(request.getfixturevalue(fixture)).model_bytes
+    path = tmp_path / "old.onnx"
+    path.write_bytes(with_metadata_props(graph, {METADATA_KEY: json.dumps(MAIN[name])}))
+    detector = Detector.load(path, device="cpu")
+    labels = None if detector.classes is None else [detector.classes[0]] * 4
+    result = detector.score(digits_test.images[:4], labels=labels)
+    assert np.all((result.p_values > 0) & (result.p_values <= 1))
+    if name == "pixelcnn":
+        assert result.probability is not None  # the map the labelled calibration stored
+
+
+def test_training_writes_the_fields_it_wrote_before(vae_bundle):
+    assert _keys(Bundle.read(vae_bundle).spec.to_json()) == _keys(MAIN["vae"])
+
+
+def test_unknown_fields_are_kept_and_written_back(vae_bundle, tmp_path):
+    bundle = Bundle.read(vae_bundle)
+    document = bundle.spec.to_json()
+    document["precision"] = {"kind": "int8", "parity": 1e-3}  # a record a later version adds
+    document["model"]["pruned"] = True
+    document["scores"][bundle.spec.default_score]["combination"] = {"rule": "fisher"}
+    spec = BundleSpec.from_json(document)
+    assert spec.extra == {"precision": {"kind": "int8", "parity": 1e-3}}
+    assert spec.model.extra == {"pruned": True}
+    recalibrated = replace(spec, calibration=replace(spec.calibration, alpha=0.2))
+    written = write_bundle(bundle.model_bytes, recalibrated, tmp_path / "later.onnx")
+    again = Bundle.read(written.path).spec.to_json()
+    assert again["precision"] == document["precision"]
+    assert again["model"]["pruned"] is True
+    assert again["scores"][bundle.spec.default_score]["combination"] == {"rule": "fisher"}
+    assert again["calibration"]["alpha"] == 0.2
+
+
+def test_a_new_score_kind_is_one_registered_class(monkeypatch):
+    monkeypatch.setattr(score_kinds, "SCORE_KINDS", dict(score_kinds.SCORE_KINDS))
+
+    @score_kind("combined")
+    @dataclass(frozen=True, kw_only=True)
+    class CombinedScore(ScoreSpec):
+        statistics: dict  # per-statistic references, plain JSON
+        rule: str = "fisher"
+
+        def __post_init__(self):
+            super().__post_init__()
+            if self.rule not in ("fisher", "density"):
+                raise BundleError(f"rule {self.rule!r} is not fisher or density")  # noqa: EM102
+
+        def inputs(self) -> tuple[str, ...]:
+            return ()
+
+    document = json.loads(json.dumps(MAIN["vae"]))
+    document["scores"]["combined"] = {
+        "kind": "combined",
+        "statistics": {"iwae": [1.0, 2.0], "recon_mse": [0.1, 0.2]},
+        "reference": [0.5, 0.7],
+    }
+    spec = BundleSpec.from_json(document)
+    combined = spec.scores["combined"]
+    assert isinstance(combined, CombinedScore)
+    assert combined.rule == "fisher"
+    assert spec.to_json()["scores"]["combined"]["statistics"] == {
+        "iwae": [1.0, 2.0],
+        "recon_mse": [0.1, 0.2],
+    }
+    document["scores"]["combined"]["rule"] = "vote"
+    with pytest.raises(BundleError, match="score 'combined': rule 'vote'"):
+        BundleSpec.from_json(document)
+    # Until the runtime learns it, computing it is a clear error, not a wrong number.
+    with pytest.raises(BundleError, match="cannot compute scores of kind 'combined'"):
+        scores_from_outputs(spec.scores, ["combined"], {})
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m["input"].update(height="8"), "input: height must be > 0"),
+        (lambda m: m["scores"]["iwae"].update(reference=["a"]), "score 'iwae'.reference"),
+        (lambda m: m["scores"]["iwae"].update(reference=5), "reference must be a list"),
+        (lambda m: m.update(scores=[]), "scores must be a JSON object"),
+        (lambda m: m.update(model="vae"), "model must be a JSON object"),
+        (lambda m: m["noise"].pop("seed"), "noise lacks 'seed'"),
+        (lambda m: m["heatmap"].update(mean=[0.0]), "heatmap mean must hold"),
+        (lambda m: m["labels"].update(classes=[9]), "classes must be a non-empty list"),
+    ],
+)
+def test_malformed_fields_are_a_bundle_error_saying_where(change, message):
+    document = json.loads(json.dumps(MAIN["conditional_vae"]))
+    change(document)
+    with pytest.raises(BundleError, match=message):
+        BundleSpec.from_json(document)
+
+
+def test_specs_are_frozen():
+    spec = BundleSpec.from_json(MAIN["vae"])
+    with pytest.raises(FrozenInstanceError):
+        spec.default_score = "iwae"
+    with pytest.raises(FrozenInstanceError):
+        spec.calibration.alpha = 0.5
+    assert isinstance(spec.scores["iwae"].reference, tuple)
+
+
+def test_the_unknown_score_check_has_one_home():
+    spec = BundleSpec.from_json(MAIN["vae"])
+    assert spec.score_name(None) == spec.default_score
+    assert spec.likelihood_score == "iwae"
+    with pytest.raises(ValueError, match="unknown score 'nope'; this bundle offers"):
+        spec.score_name("nope")
