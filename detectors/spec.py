@@ -74,13 +74,13 @@ class ImageInput(Record):
         mode = self.color_mode
         require(mode in COLOR_MODES, f"color_mode {mode!r} is not one of {list(COLOR_MODES)}")
         require(
-            self.channels == COLOR_MODES[mode],
+            type(self.channels) is int and self.channels == COLOR_MODES[mode],
             f"color mode {mode} needs {COLOR_MODES[mode]} channel(s), metadata says "
             f"{self.channels}",
         )
         for dim in ("height", "width"):
             value = getattr(self, dim)
-            require(isinstance(value, int) and value > 0, f"{dim} must be > 0")
+            require(type(value) is int and value > 0, f"{dim} must be a whole number > 0")
         require(self.dtype == "uint8", "dtype must be uint8")
         require(isinstance(self.name, str), "name missing")
 

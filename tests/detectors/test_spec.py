@@ -118,7 +118,8 @@ def test_a_new_score_kind_is_one_registered_class(monkeypatch):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda m: m["input"].update(height="8"), "input: height must be > 0"),
+        (lambda m: m["input"].update(height="8"), "input: height must be a whole number > 0"),
+        (lambda m: m["input"].update(channels=1.0), "color mode L needs 1 channel"),
         (lambda m: m["scores"]["iwae"].update(reference=["a"]), "score 'iwae'.reference"),
         (lambda m: m["scores"]["iwae"].update(reference=5), "reference must be a list"),
         (lambda m: m.update(scores=[]), "scores must be a JSON object"),
