@@ -90,11 +90,12 @@ class Bundle:
 
 
 def write_bundle(model_bytes: bytes, spec: BundleSpec, path: str | Path) -> Bundle:
-    """Store `spec` in the model bytes and write the file atomically."""
+    """Store `spec` in the model bytes and write the file atomically; the bundle as a reader of
+    the file sees it (its scores in the file's order)."""
     document = json.dumps(spec.to_json(), sort_keys=True)
     data = with_metadata_props(model_bytes, {METADATA_KEY: document})
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
-    return Bundle(data, hashlib.sha256(data).hexdigest(), spec, str(path))
+    return Bundle.from_bytes(data, path=str(path))
