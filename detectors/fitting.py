@@ -14,6 +14,7 @@ import numpy as np
 
 from .bundle import Bundle
 from .calibration import check_alpha, conformal_threshold
+from .combination import calibration_halves, combine
 from .detector import Detector
 from .errors import InputError
 from .estimator import ConformalDetector, LabelledThresholdDetector
@@ -29,26 +30,31 @@ def with_reference(
     source: str | None = None,
 ) -> BundleSpec:
     """`spec` with references from the given scores of held-out normal images (one array per
-    score the bundle offers) and heat-map statistics from `moments` (the maps' per-pixel sum and
-    sum of squares over the same images, see calibration.map_moments). Arrays in, a spec out."""
-    missing = set(spec.scores) - set(scores)
+    score computed from the graph) and heat-map statistics from `moments` (the maps' per-pixel sum
+    and sum of squares over the same images, see calibration.map_moments). Arrays in, a spec out.
+
+    A bundle with a combined score splits the images into two halves
+    (combination.calibration_halves): every other score's reference comes from the first, the
+    combined score's from its statistic on the second, so that its p-value stays exact."""
+    missing = set(spec.graph_scores) - set(scores)
     if missing:
         msg = f"no calibration scores for {sorted(missing)}"
         raise InputError(msg)
-    sizes = {len(np.atleast_1d(scores[name])) for name in spec.scores}
+    sizes = {len(np.atleast_1d(scores[name])) for name in spec.graph_scores}
     if len(sizes) != 1:
         msg = f"calibration scores of different lengths {sorted(sizes)}"
         raise InputError(msg)
     n = sizes.pop()
     alpha = check_alpha(spec.calibration.alpha if alpha is None else alpha)
-    references = {}
-    for name in spec.scores:
-        try:
-            conformal = ConformalDetector(alpha=alpha).fit(scores[name])
-        except InputError as error:
-            msg = f"score {name!r} on the calibration images: {error}"
-            raise InputError(msg) from None
-        references[name] = tuple(conformal.reference_.tolist())
+    combined = [name for name in spec.scores if name not in spec.graph_scores]
+    first, second = calibration_halves(n) if combined else (np.arange(n), None)
+    scores = {name: np.atleast_1d(scores[name]) for name in spec.graph_scores}
+    references = {name: _reference(name, scores[name][first], alpha) for name in scores}
+    if combined:
+        members_calibrated = _with_references(spec, references)
+        second_half = {name: values[second] for name, values in scores.items()}
+        statistics = combined_scores(members_calibrated, second_half)
+        references |= {name: _reference(name, statistics[name], alpha) for name in combined}
     heatmap = spec.heatmap
     if moments is not None and heatmap is not None:
         mean = moments[0] / n
@@ -66,10 +72,40 @@ def with_reference(
     )
     return replace(
         spec,
-        scores={name: replace(s, reference=references[name]) for name, s in spec.scores.items()},
+        scores=_with_references(spec, references).scores,
         heatmap=heatmap,
         calibration=calibration,
     )
+
+
+def _reference(name: str, scores: np.ndarray, alpha: float) -> tuple[float, ...]:
+    try:
+        return tuple(ConformalDetector(alpha=alpha).fit(scores).reference_.tolist())
+    except InputError as error:
+        msg = f"score {name!r} on the calibration images: {error}"
+        raise InputError(msg) from None
+
+
+def _with_references(spec: BundleSpec, references: dict[str, tuple]) -> BundleSpec:
+    scores = {
+        name: replace(s, reference=references.get(name, ())) for name, s in spec.scores.items()
+    }
+    return replace(spec, scores=scores)
+
+
+def combined_scores(spec: BundleSpec, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`scores` (raw, one array per graph score) and the combined scores computed from them with
+    the members' references in `spec`."""
+    out = dict(scores)
+    for name in spec.scores:
+        if name not in spec.graph_scores:
+            members = spec.scores[name].statistics
+            out[name] = combine(
+                spec.scores[name].rule,
+                {m: scores[m] for m in members},
+                {m: np.asarray(spec.scores[m].reference) for m in members},
+            )
+    return out
 
 
 def calibrated_spec(
@@ -139,17 +175,21 @@ def recalibrate(
     if anomalous is not None:
         anomalous = detector.check_images(anomalous)
         anomalous_labels = detector.check_labels(anomalous_labels, len(anomalous))
+    # The graph's scores only: the combined ones are computed below with the new references.
+    graph_scores = bundle.spec.graph_scores
     normal_scores, moments = detector.raw_scores_batched(
-        normal, labels=labels, batch_size=batch_size, with_moments=True
+        normal, graph_scores, labels=labels, batch_size=batch_size, with_moments=True
     )
     spec = with_reference(bundle.spec, normal_scores, moments=moments, alpha=alpha, source=source)
+    normal_scores = combined_scores(spec, normal_scores)
     scores = {name: replace(s, probability=None) for name, s in spec.scores.items()}
     calibration = replace(spec.calibration, choice=None)
     summary: dict = {"n_reference": len(normal), "choice": None, "probability": None}
     if anomalous is not None:
         anomalous_scores, _ = detector.raw_scores_batched(
-            anomalous, labels=anomalous_labels, batch_size=batch_size
+            anomalous, graph_scores, labels=anomalous_labels, batch_size=batch_size
         )
+        anomalous_scores = combined_scores(spec, anomalous_scores)
         y = np.r_[np.zeros(len(normal)), np.ones(len(anomalous))]
         for name in scores:
             # The chosen score's estimator also picks the operating point; each maps P(anomaly).

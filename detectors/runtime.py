@@ -11,10 +11,17 @@ import numpy as np
 import onnxruntime as ort
 
 from .bundle import Bundle
+from .combination import combine
 from .complexity import code_length_bits_per_dim
-from .errors import BundleError
+from .errors import BundleError, InputError
 from .labels import check_labels
-from .score_kinds import ComplexityScore, DifferenceScore, OutputScore, ScoreSpec
+from .score_kinds import (
+    CombinedScore,
+    ComplexityScore,
+    DifferenceScore,
+    OutputScore,
+    ScoreSpec,
+)
 from .spec import NoiseSpec
 
 log = logging.getLogger(__name__)
@@ -119,7 +126,7 @@ class OnnxSession:
     ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         """Raw scores (B,) for each named score, and the per-pixel map (B, C, H, W) if asked."""
         specs = self.bundle.spec.scores
-        needed = [out for name in names for out in specs[name].inputs()]
+        needed = [out for name in with_members(specs, names) for out in specs[name].inputs()]
         map_output = self.bundle.spec.heatmap.output if with_map else None
         if map_output:
             needed.append(map_output)
@@ -137,6 +144,12 @@ def vae_noise(noise: NoiseSpec, batch: int) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(draw, (batch, *draw.shape)), dtype=np.float32)
 
 
+def with_members(specs: Mapping[str, ScoreSpec], names: list[str]) -> list[str]:
+    """`names` and, before them, the members of the combined scores among them (no repeats)."""
+    members = [m for name in names for m in getattr(specs[name], "statistics", ())]
+    return list(dict.fromkeys([*members, *names]))
+
+
 def scores_from_outputs(
     specs: Mapping[str, ScoreSpec],
     names: list[str],
@@ -145,12 +158,22 @@ def scores_from_outputs(
     images: np.ndarray | None = None,
     code_lengths: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Raw scores (B,) from graph outputs: an output as is, minus a compressor's code length, or
-    minus another output. Code lengths in bits/dim come from `code_lengths[compressor]` when
-    given (computed once, reused across models), else from `images`."""
+    """Raw scores (B,) for `names` from graph outputs: an output as is, minus a compressor's code
+    length, minus another output, or the other scores combined (their references must be
+    calibrated). Code lengths in bits/dim come from `code_lengths[compressor]` when given
+    (computed once, reused across models), else from `images`."""
     scores = {}
-    for name in names:
+    for name in with_members(specs, names):
         spec = specs[name]
+        if isinstance(spec, CombinedScore):
+            members = {m: scores[m] for m in spec.statistics}
+            references = {m: np.asarray(specs[m].reference) for m in spec.statistics}
+            try:
+                scores[name] = combine(spec.rule, members, references)
+            except InputError as error:
+                msg = f"score {name!r}: {error}"
+                raise BundleError(msg) from None
+            continue
         if not isinstance(spec, OutputScore):
             msg = f"score {name!r}: this runtime cannot compute scores of kind {spec.kind!r}"
             raise BundleError(msg)
@@ -167,4 +190,4 @@ def scores_from_outputs(
         elif isinstance(spec, DifferenceScore):
             raw = raw - np.asarray(outputs[spec.minus_output], dtype=np.float64)
         scores[name] = raw
-    return scores
+    return {name: scores[name] for name in names}

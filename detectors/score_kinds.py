@@ -3,6 +3,7 @@
     output       OutputScore       a graph output as it is
     complexity   ComplexityScore   a graph output minus a lossless compressor's code length
     difference   DifferenceScore   a graph output minus another (the likelihood ratio)
+    combined     CombinedScore     the other scores' p-values combined (combination.py)
 
 Every score carries its calibration reference (the sorted scores of held-out normal images) and,
 after a calibration with labelled anomalies, a map to P(anomaly). A new kind is a subclass with
@@ -18,7 +19,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from .records import Record, numbers, require
+from .combination import RULES
+from .records import Record, as_tuple, numbers, require
 from .supervised import ProbabilityMap
 
 HIGHER_IS_ANOMALOUS = "higher_is_anomalous"
@@ -122,3 +124,29 @@ class DifferenceScore(OutputScore):
 
     def inputs(self) -> tuple[str, ...]:
         return (self.output, self.minus_output)
+
+
+@score_kind("combined")
+@dataclass(frozen=True, kw_only=True)
+class CombinedScore(ScoreSpec):
+    """The bundle's other scores (`statistics`), each as a conformal p-value against its own
+    reference, combined by `rule` (combination.py). Its own reference is the combined statistic
+    on a second held-out half of the normal images, so its p-value is exact too."""
+
+    PARSE: ClassVar = {**ScoreSpec.PARSE, "statistics": as_tuple}
+
+    statistics: tuple[str, ...]
+    rule: str = "fisher"
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.rule in RULES, f"combination rule must be one of {RULES}")
+        require(
+            isinstance(self.statistics, tuple)
+            and bool(self.statistics)
+            and all(isinstance(name, str) for name in self.statistics),
+            "a combined score names its member scores in 'statistics'",
+        )
+
+    def inputs(self) -> tuple[str, ...]:
+        return ()  # its members' outputs are theirs

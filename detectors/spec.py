@@ -36,7 +36,7 @@ import numpy as np
 from .calibration import check_alpha
 from .errors import BundleError, InputError
 from .records import Record, as_tuple, numbers, require
-from .score_kinds import ScoreSpec
+from .score_kinds import CombinedScore, ScoreSpec
 
 FORMAT = "normalcy.bundle"
 FORMAT_VERSION = 1
@@ -253,6 +253,13 @@ class BundleSpec(Record):
             self.default_score in self.scores,
             f"default_score {self.default_score!r} is not among the scores {list(self.scores)}",
         )
+        for name, score in self.scores.items():
+            for member in getattr(score, "statistics", ()):
+                require(
+                    member in self.graph_scores,
+                    f"score {name!r} combines {member!r}, which is not one of this bundle's "
+                    f"scores computed from the graph {self.graph_scores}",
+                )
         if self.heatmap is not None:
             size = int(np.prod(self.input.shape))
             for name in ("mean", "std"):
@@ -270,6 +277,11 @@ class BundleSpec(Record):
     @property
     def score_names(self) -> list[str]:
         return list(self.scores)
+
+    @property
+    def graph_scores(self) -> list[str]:
+        """The scores computed from graph outputs alone: every score but the combined ones."""
+        return [name for name, s in self.scores.items() if not isinstance(s, CombinedScore)]
 
     @property
     def likelihood_score(self) -> str:

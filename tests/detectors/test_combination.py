@@ -1,0 +1,142 @@
+"""The combined score on arrays, without training: Fisher's rule, the two calibration halves, and
+the false-positive rate that the second reference guarantees."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from detectors import BundleError
+from detectors.calibration import conformal_p_values
+from detectors.combination import calibration_halves, combine, fisher
+from detectors.errors import InputError
+from detectors.fitting import combined_scores, with_reference
+from detectors.score_kinds import CombinedScore, OutputScore
+from detectors.spec import BundleSpec, Calibration, ImageInput, ModelInfo, Preprocessing
+
+MEMBERS = ("a", "b", "c")
+
+
+def _spec(members=MEMBERS, alpha=0.01) -> BundleSpec:
+    scores = {name: OutputScore(output=f"{name}_out") for name in ("a", "b", "c")}
+    scores["combined"] = CombinedScore(statistics=tuple(members))
+    return BundleSpec(
+        model=ModelInfo(kind="vae"),
+        input=ImageInput(name="images", channels=1, height=2, width=2, color_mode="L"),
+        preprocessing=Preprocessing(resize="bilinear", color="convert"),
+        scores=scores,
+        default_score="combined",
+        calibration=Calibration(alpha=alpha),
+    )
+
+
+def _normal_scores(rng, n: int) -> dict[str, np.ndarray]:
+    """Three dependent statistics of normal images (a shared factor), one heavy-tailed."""
+    shared = rng.standard_normal(n)
+    return {
+        "a": shared + 0.5 * rng.standard_normal(n),
+        "b": np.exp(0.7 * shared + 0.7 * rng.standard_normal(n)),
+        "c": rng.standard_t(3, n),
+    }
+
+
+def test_fisher_is_minus_twice_the_sum_of_log_p_values():
+    references = {"a": np.arange(10.0), "b": np.arange(100.0)}
+    raw = {"a": np.array([9.5, 0.0]), "b": np.array([50.0, 200.0])}
+    p_a, p_b = (
+        conformal_p_values(raw["a"], references["a"]),
+        conformal_p_values(raw["b"], references["b"]),
+    )
+    np.testing.assert_allclose(combine("fisher", raw, references), -2 * (np.log(p_a) + np.log(p_b)))
+    assert fisher([np.array([1.0])]) == 0.0  # the most normal image scores 0
+    # More extreme in one member and no less in the others: higher.
+    assert combine("fisher", {"a": np.array([9.5]), "b": np.array([99.5])}, references) > combine(
+        "fisher", {"a": np.array([9.5]), "b": np.array([50.0])}, references
+    )
+
+
+def test_combine_refuses_an_unknown_rule_and_uncalibrated_members():
+    with pytest.raises(InputError, match="rule"):
+        combine("mean", {"a": np.zeros(1)}, {"a": np.zeros(3)})
+    with pytest.raises(InputError, match="no reference"):
+        combine("fisher", {"a": np.zeros(1)}, {"a": np.zeros(0)})
+
+
+def test_the_halves_split_every_image_once_the_same_way_each_time():
+    first, second = calibration_halves(11)
+    assert (len(first), len(second)) == (6, 5)
+    assert sorted(np.r_[first, second].tolist()) == list(range(11))
+    np.testing.assert_array_equal(calibration_halves(11)[0], first)
+
+
+def test_members_use_the_first_half_and_the_combined_score_the_second():
+    rng = np.random.default_rng(1)
+    scores = _normal_scores(rng, 400)
+    spec = with_reference(_spec(), scores)
+    first, second = calibration_halves(400)
+    for name in ("a", "b", "c"):
+        np.testing.assert_array_equal(spec.scores[name].reference, np.sort(scores[name][first]))
+    references = {name: np.sort(scores[name][first]) for name in MEMBERS}
+    statistic = combine("fisher", {name: scores[name][second] for name in MEMBERS}, references)
+    np.testing.assert_allclose(spec.scores["combined"].reference, np.sort(statistic))
+    assert spec.calibration.n_reference == 400
+    # New images: the combined raw score uses the members' stored references.
+    fresh = _normal_scores(rng, 5)
+    np.testing.assert_allclose(
+        combined_scores(spec, fresh)["combined"], combine("fisher", fresh, references)
+    )
+
+
+def test_a_bundle_without_a_combined_score_uses_every_image_for_every_reference():
+    spec = _spec()
+    spec = BundleSpec.from_json(
+        {
+            **spec.to_json(),
+            "default_score": "a",
+            "scores": {k: v for k, v in spec.to_json()["scores"].items() if k != "combined"},
+        }
+    )
+    scores = _normal_scores(np.random.default_rng(2), 50)
+    fitted = with_reference(spec, scores)
+    np.testing.assert_array_equal(fitted.scores["a"].reference, np.sort(scores["a"]))
+
+
+@pytest.mark.parametrize("alpha", [0.001, 0.01, 0.05])
+def test_the_false_positive_rate_holds_at_alpha(alpha):
+    """Many calibrations on simulated normal scores, each tested on fresh normal images: the
+    measured rate of p <= alpha is inside the binomial 95% interval around its exact conformal
+    value floor(alpha (m + 1)) / (m + 1), m the second half's size, which is at most alpha."""
+    rng = np.random.default_rng(int(alpha * 1e4))
+    n_calibration, trials, per_trial = 2 * math.ceil(1 / alpha), 400, 25
+    flagged = 0
+    for _ in range(trials):
+        spec = with_reference(_spec(alpha=alpha), _normal_scores(rng, n_calibration))
+        reference = np.asarray(spec.scores["combined"].reference)
+        raw = combined_scores(spec, _normal_scores(rng, per_trial))["combined"]
+        flagged += int(np.sum(conformal_p_values(raw, reference) <= alpha))
+    m = n_calibration // 2
+    exact = math.floor(alpha * (m + 1) + 1e-9) / (m + 1)
+    assert exact <= alpha
+    interval = binomtest(flagged, trials * per_trial, exact).proportion_ci(0.95)
+    assert interval.low <= exact <= interval.high, (flagged, trials * per_trial, exact)
+
+
+def test_a_combined_score_names_scores_of_the_bundle():
+    with pytest.raises(BundleError, match="combines 'nope'"):
+        _spec(members=("a", "nope"))
+    with pytest.raises(BundleError, match="combines 'combined'"):
+        BundleSpec.from_json(
+            {
+                **_spec().to_json(),
+                "scores": {
+                    **_spec().to_json()["scores"],
+                    "twice": {"kind": "combined", "statistics": ["combined"]},
+                },
+            }
+        )
+    document = _spec().to_json()
+    document["scores"]["combined"]["rule"] = "median"
+    with pytest.raises(BundleError, match="rule"):
+        BundleSpec.from_json(document)
+    assert BundleSpec.from_json(_spec().to_json()) == _spec()
