@@ -16,9 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from detectors.score_kinds import ComplexityScore, DifferenceScore, OutputScore, ScoreSpec
 from detectors.spec import (
-    LIKELIHOOD_SCORES,
     BundleSpec,
     Calibration,
     HeatmapSpec,
@@ -30,7 +28,10 @@ from detectors.spec import (
     TrainingFacts,
 )
 
+from .densities import Statistics
 from .models import VAE, PixelCNN
+from .models.density import LatentMixture, RegionDensity
+from .scores import default_score, score_specs
 
 OPSET = 18
 IMAGE_INPUT = "images"
@@ -39,38 +40,78 @@ LABEL_INPUT = "labels"
 
 
 class PixelCNNGraph(nn.Module):
-    """images -> (nll_bits_per_dim (B,), nll_bits_map (B, C, H, W)); with a background model, also
-    background_nll_bits_per_dim (B,) for the likelihood ratio."""
+    """images -> nll_bits_per_dim (B,) and nll_bits_map (B, C, H, W); with a background model,
+    background_nll_bits_per_dim (B,) for the likelihood ratio; with the local model (a PixelCNN of
+    a 3x3 receptive field), local_nll_bits_per_dim (B,); with the region density
+    (models/density.py), nll_map_distance (B,) over the full and local maps."""
 
-    def __init__(self, model: PixelCNN, background: PixelCNN | None = None):
+    def __init__(
+        self,
+        model: PixelCNN,
+        background: PixelCNN | None = None,
+        *,
+        local: PixelCNN | None = None,
+        region: RegionDensity | None = None,
+    ):
         super().__init__()
         self.model = model
         self.background = background
+        self.local = local
+        self.region = region
 
     def output_names(self) -> list[str]:
         names = ["nll_bits_per_dim", "nll_bits_map"]
-        return names + (["background_nll_bits_per_dim"] if self.background is not None else [])
+        names += ["background_nll_bits_per_dim"] if self.background is not None else []
+        names += ["local_nll_bits_per_dim"] if self.local is not None else []
+        return names + (["nll_map_distance"] if self.region is not None else [])
 
     def forward(self, images, labels=None):
         bits_map = self.model.nll_bits_map(images, labels)
         outputs = (bits_map.flatten(1).mean(1), bits_map)
         if self.background is not None:
             outputs += (self.background.bits_per_dim(images, labels),)
+        maps = (bits_map,)
+        if self.local is not None:
+            local_map = self.local.nll_bits_map(images, labels)
+            outputs += (local_map.flatten(1).mean(1),)
+            maps += (local_map,)
+        if self.region is not None:
+            outputs += (self.region(*maps),)
         return outputs
 
 
 class VAEGraph(nn.Module):
-    """(images, noise) -> (neg_elbo_bits_per_dim, iwae_bits_per_dim, recon_bits_map, recon_mse)."""
+    """(images, noise) -> neg_elbo_bits_per_dim, iwae_bits_per_dim, recon_bits_map, recon_mse,
+    kl_bits_per_dim and posterior_log_std (the posterior's mean log standard deviation, nats);
+    with the fitted densities (models/density.py), latent_nll_nats (the posterior mean under the
+    latent mixture) and recon_map_distance (the reconstruction map under the region density)."""
 
-    def __init__(self, model: VAE):
+    def __init__(
+        self,
+        model: VAE,
+        *,
+        latent: LatentMixture | None = None,
+        region: RegionDensity | None = None,
+    ):
         super().__init__()
         self.model = model
+        self.latent = latent
+        self.region = region
 
     def output_names(self) -> list[str]:
-        return ["neg_elbo_bits_per_dim", "iwae_bits_per_dim", "recon_bits_map", "recon_mse"]
+        names = ["neg_elbo_bits_per_dim", "iwae_bits_per_dim", "recon_bits_map", "recon_mse"]
+        names += ["kl_bits_per_dim", "posterior_log_std"]
+        names += ["latent_nll_nats"] if self.latent is not None else []
+        return names + (["recon_map_distance"] if self.region is not None else [])
 
     def forward(self, images, noise, labels=None):
-        return self.model.scores(images, noise, labels)
+        *bounds, kl, mu, logvar = self.model.score_terms(images, noise, labels)
+        outputs = (*bounds, kl, 0.5 * logvar.mean(1))
+        if self.latent is not None:
+            outputs += (self.latent(mu),)
+        if self.region is not None:
+            outputs += (self.region(bounds[2]),)
+        return outputs
 
 
 def export_graph(
@@ -103,108 +144,43 @@ def export_graph(
         return path.read_bytes()
 
 
-# The default score of each model kind and why: one line to change when benchmarks/quality.py
-# (the highest worst-case AUROC across protocol 1 and the one-class means) supports another.
-DEFAULT_SCORES = {
-    "pixelcnn": (
-        "nll_minus_zlib",
-        "input-complexity correction (zlib): on Fashion-MNIST vs MNIST AUROC 0.994 "
-        "(benchmarks/results/quality_pair_150s.md, H200, 150 s per model) against 0.066 for raw "
-        "NLL and 0.76 for the likelihood ratio, which moved by up to 0.14 between runs; one-class "
-        "means (0.57-0.60 MNIST, 0.70 Fashion-MNIST, benchmarks/results/quality.md) are poor for "
-        "every PixelCNN score, so the pair decides.",
-    ),
-    "vae": (
-        "iwae_minus_png",
-        "the highest worst case across protocols in benchmarks/results/quality.md (H200): AUROC "
-        "0.993 on Fashion-MNIST vs MNIST, one-class means 0.928 (MNIST) and 0.916 "
-        "(Fashion-MNIST); iwae_minus_zlib 0.997 / 0.915 / 0.910 and recon_mse 0.989 / 0.955 / "
-        "0.903 are close behind, raw bounds fail on the pair (0.35-0.41).",
-    ),
-}
-
-
-def default_score(kind: str, scores: dict) -> tuple[str, str]:
-    """The default score for a bundle offering `scores`, and the reason (falls back to the
-    complexity-corrected likelihood when the preferred score is not offered)."""
-    name, reason = DEFAULT_SCORES[kind]
-    if name in scores:
-        return name, reason
-    fallback = f"{LIKELIHOOD_SCORES[kind]}_minus_zlib"
-    return fallback, f"{name} is not offered by this bundle; {DEFAULT_SCORES[kind][1]}"
-
-
-# How each kind's likelihood score (detectors.spec.LIKELIHOOD_SCORES) is described: in full, and
-# in short for its corrections.
-LIKELIHOODS = {
-    "pixelcnn": ("negative log-likelihood (exact)", "NLL"),
-    "vae": ("importance-weighted bound with K samples", "IWAE bound"),
-}
-COMPRESSOR_NAMES = {"zlib": "zlib-9", "png": "PNG"}
-
-
-def score_specs(kind: str, has_background: bool) -> tuple[dict[str, ScoreSpec], str]:
-    """The scores a bundle offers (uncalibrated) and the default one: the likelihood in bits/dim
-    and its input-complexity corrections, plus the likelihood ratio (PixelCNN with a background
-    model) or the negative ELBO and the reconstruction error (VAE)."""
-    bits = "bits/dim"
-    name = LIKELIHOOD_SCORES[kind]
-    output = f"{name}_bits_per_dim"
-    description, short = LIKELIHOODS[kind]
-    scores: dict[str, ScoreSpec] = {}
-    if kind == "vae":
-        neg_elbo = "negative ELBO (K-sample average)"
-        scores["neg_elbo"] = OutputScore(
-            output="neg_elbo_bits_per_dim", description=neg_elbo, units=bits
-        )
-    scores[name] = OutputScore(output=output, description=description, units=bits)
-    for compressor, title in COMPRESSOR_NAMES.items():
-        scores[f"{name}_minus_{compressor}"] = ComplexityScore(
-            output=output,
-            compressor=compressor,
-            description=f"{short} minus {title} code length (input-complexity correction)",
-            units=bits,
-        )
-    if kind == "pixelcnn" and has_background:
-        scores["likelihood_ratio"] = DifferenceScore(
-            output=output,
-            minus_output="background_nll_bits_per_dim",
-            description="NLL minus the background model's NLL (likelihood ratio, Ren et al. 2019)",
-            units=bits,
-        )
-    if kind == "vae":
-        scores["recon_mse"] = OutputScore(
-            output="recon_mse",
-            description="reconstruction error at the posterior mean",
-            units="mean squared error, intensities in [0, 1]",
-        )
-    return scores, default_score(kind, scores)[0]
-
-
 def export_graph_bytes(
     kind: str,
     model: nn.Module,
     image_shape: tuple[int, int, int],
     *,
     background: PixelCNN | None = None,
+    statistics: Statistics | None = None,
     samples: int = 4,
 ) -> bytes:
-    """The ONNX graph bytes for a fitted model taking images of `image_shape` (C, H, W)."""
+    """The ONNX graph bytes for a fitted model taking images of `image_shape` (C, H, W), with the
+    fitted densities and the local model of `statistics` inside the one graph."""
     cfg = model.cfg
     conditional = cfg.num_classes > 0
     x = torch.randint(0, 256, (2, *image_shape), dtype=torch.uint8)
     label = [torch.zeros(2, dtype=torch.int64)] if conditional else []
     label_name = [LABEL_INPUT] if conditional else []
+    graph = scoring_graph(kind, model, background=background, statistics=statistics)
     if kind == "pixelcnn":
-        return export_graph(
-            PixelCNNGraph(model, background), (x, *label), [IMAGE_INPUT, *label_name]
-        )
+        return export_graph(graph, (x, *label), [IMAGE_INPUT, *label_name])
     # The example's sample count must differ from every static size, or the exporter fixes it.
     example_k = next(k for k in range(3, 64) if k not in (cfg.latent, *image_shape))
     noise = torch.randn(2, example_k, cfg.latent)
-    return export_graph(
-        VAEGraph(model), (x, noise, *label), [IMAGE_INPUT, NOISE_INPUT, *label_name]
-    )
+    return export_graph(graph, (x, noise, *label), [IMAGE_INPUT, NOISE_INPUT, *label_name])
+
+
+def scoring_graph(
+    kind: str,
+    model: nn.Module,
+    *,
+    background: PixelCNN | None = None,
+    statistics: Statistics | None = None,
+) -> nn.Module:
+    """The module that is exported: the model's scores and, with `statistics`, its densities."""
+    st = statistics or Statistics()
+    if kind == "pixelcnn":
+        return PixelCNNGraph(model, background, local=st.local, region=st.region)
+    return VAEGraph(model, latent=st.latent, region=st.region)
 
 
 def base_spec(
@@ -213,6 +189,7 @@ def base_spec(
     image_shape: tuple[int, int, int],
     *,
     has_background: bool,
+    statistics: bool = False,
     samples: int,
     alpha: float,
     training: TrainingFacts,
@@ -227,7 +204,7 @@ def base_spec(
         classes = sorted(int(c) for c in classes) if classes else list(range(cfg.num_classes))
         labels = LabelSpec(input=LABEL_INPUT, num_classes=cfg.num_classes, classes=tuple(classes))
     channels, height, width = image_shape
-    scores, default = score_specs(kind, has_background)
+    scores, default = score_specs(kind, has_background, statistics)
     return BundleSpec(
         model=ModelInfo(
             kind=kind,

@@ -20,9 +20,12 @@ from detectors.spec import TrainingFacts
 
 from . import distributed
 from .data import ImageSet, load, split
+from .densities import fit_statistics, local_config
 from .export import base_spec, export_graph_bytes
 from .models import PixelCNNConfig, VAEConfig
 from .train import TrainConfig, fit, resolve_device
+
+LOCAL_BUDGET = 0.25  # the local model's share of --max-minutes, on top of the full model's
 
 
 @dataclass
@@ -38,7 +41,8 @@ class TrainJob:
     alpha: float = 0.01
     samples: int = 4  # VAE importance samples at scoring time
     validation: float = 0.1
-    calibration: float = 0.1
+    # Two halves: the scores' references, then the combined score's (detectors/combination.py).
+    calibration: float = 0.2
     progress: bool = True
     resume: bool = False  # continue from the checkpoint(s) beside `out`
 
@@ -99,6 +103,18 @@ def run(job: TrainJob) -> tuple[Bundle | None, dict | None]:
         resume=job.resume,
         progress=job.progress,
     )
+    def fit_partner(partner_config: dict, partner_cfg: TrainConfig, suffix: str):
+        checkpoint = out.with_name(out.stem + suffix)
+        return fit(
+            job.kind,
+            partner_config,
+            splits,
+            partner_cfg,
+            checkpoint=checkpoint,
+            resume=job.resume,
+            progress=job.progress,
+        )
+
     background, background_result = None, None
     if job.background_rate > 0:
         if job.kind != "pixelcnn":
@@ -107,28 +123,17 @@ def run(job: TrainJob) -> tuple[Bundle | None, dict | None]:
         bg_cfg = replace(
             cfg, perturb_rate=job.background_rate, weight_decay=job.background_weight_decay
         )
-        background, background_result = fit(
-            job.kind,
-            config,
-            splits,
-            bg_cfg,
-            checkpoint=out.with_name(out.stem + ".background.pt"),
-            resume=job.resume,
-            progress=job.progress,
-        )
+        background, background_result = fit_partner(config, bg_cfg, ".background.pt")
+    local, local_result = None, None
+    if job.kind == "pixelcnn":  # the local model of the local-versus-full ratio
+        local_cfg = replace(cfg, max_minutes=cfg.max_minutes and cfg.max_minutes * LOCAL_BUDGET)
+        local, local_result = fit_partner(local_config(config), local_cfg, ".local.pt")
     train_seconds = time.monotonic() - started
     distributed.teardown(world)
     if not world.is_main:
         return None, None
 
     image_shape = tuple(int(d) for d in data.images.shape[1:])
-    graph = export_graph_bytes(
-        job.kind,
-        model.cpu(),
-        image_shape,
-        background=background and background.cpu(),
-        samples=job.samples,
-    )
     training = {
         "data": job.data,
         "normal_classes": job.normal_classes,
@@ -151,6 +156,15 @@ def run(job: TrainJob) -> tuple[Bundle | None, dict | None]:
                 "validation_bits_per_dim": background_result.best_validation_bits_per_dim,
             }
         ),
+        "local": (
+            None
+            if local_result is None
+            else {
+                "hyperparameters": local_config(config),
+                "epochs": local_result.epochs,
+                "validation_bits_per_dim": local_result.best_validation_bits_per_dim,
+            }
+        ),
         "package_version": detectors.__version__,
         "torch_version": torch.__version__,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -160,10 +174,27 @@ def run(job: TrainJob) -> tuple[Bundle | None, dict | None]:
         model,
         image_shape,
         has_background=background is not None,
+        statistics=True,
         samples=job.samples,
         alpha=job.alpha,
         training=TrainingFacts.from_json(training, "training"),
         classes=classes,
+    )
+    statistics = fit_statistics(
+        job.kind,
+        model,
+        splits.train.images,
+        splits.train.labels if cfg.conditional else None,
+        local=local,
+        noise=spec.noise,
+    )
+    graph = export_graph_bytes(
+        job.kind,
+        model.cpu(),
+        image_shape,
+        background=background and background.cpu(),
+        statistics=statistics,
+        samples=job.samples,
     )
     draft = write_bundle(graph, spec, out)
     # A conditional bundle is calibrated on each calibration image given its own (true) label.

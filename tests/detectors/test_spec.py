@@ -17,6 +17,7 @@ from detectors.spec import BundleSpec
 
 # Metadata of bundles that the code before the typed records trained and calibrated (a PixelCNN
 # with a background model, calibrated with labelled anomalies; a VAE; a conditional VAE).
+SCORE_KEYS = ("kind", "output", "reference", "description", "units", "direction")
 MAIN = json.loads((Path(__file__).parent / "data" / "main_metadata.json").read_text())
 
 
@@ -48,6 +49,7 @@ def test_a_bundle_with_earlier_metadata_scores(name, fixture, request, tmp_path,
     path.write_bytes(with_metadata_props(graph, {METADATA_KEY: json.dumps(MAIN[name])}))
     detector = Detector.load(path, device="cpu")
     labels = None if detector.classes is None else [detector.classes[0]] * 4
+    assert detector.default_score == MAIN[name]["default_score"] != "combined"
     result = detector.score(digits_test.images[:4], labels=labels)
     assert np.all((result.p_values > 0) & (result.p_values <= 1))
     if name == "pixelcnn":
@@ -55,7 +57,30 @@ def test_a_bundle_with_earlier_metadata_scores(name, fixture, request, tmp_path,
 
 
 def test_training_writes_the_fields_it_wrote_before(vae_bundle):
-    assert _keys(Bundle.read(vae_bundle).spec.to_json()) == _keys(MAIN["vae"])
+    new = {
+        *(f"scores.{name}" for name in ("combined", "kl", "latent_nll", "posterior_spread")),
+        *(f"scores.{name}" for name in ("recon_map_distance",)),
+        *(f"scores.{name}.{key}" for name in ("kl", "latent_nll") for key in SCORE_KEYS),
+        *(
+            f"scores.{name}.{key}"
+            for name in ("posterior_spread", "recon_map_distance")
+            for key in SCORE_KEYS
+        ),
+        *(
+            f"scores.combined.{key}"
+            for key in (
+                "kind",
+                "statistics",
+                "rule",
+                "reference",
+                "description",
+                "units",
+                "direction",
+            )
+        ),
+        "training.local",
+    }
+    assert _keys(Bundle.read(vae_bundle).spec.to_json()) == _keys(MAIN["vae"]) | new
 
 
 def test_unknown_fields_are_kept_and_written_back(vae_bundle, tmp_path):

@@ -45,7 +45,7 @@ def _torch_outputs(kind, model, background, images, spec):
                 outputs["background_nll_bits_per_dim"] = background.bits_per_dim(x).numpy()
             return outputs
         noise = torch.from_numpy(vae_noise(spec.noise, len(images)))
-        neg_elbo, iwae, _, mse = VAEGraph(model)(x, noise)
+        neg_elbo, iwae, _, mse, *_ = VAEGraph(model)(x, noise)
         return {
             "neg_elbo_bits_per_dim": neg_elbo.numpy(),
             "iwae_bits_per_dim": iwae.numpy(),

@@ -144,6 +144,11 @@ class VAE(nn.Module):
         recon_mse (B,)): the recon map averages -log2 p(x|z_k) over the K samples; recon_mse is
         the squared error of the decoder mean at z = mu, with intensities in [0, 1].
         """
+        return self.score_terms(x, eps, label)[:4]
+
+    def score_terms(self, x: torch.Tensor, eps: torch.Tensor, label: torch.Tensor | None = None):
+        """`scores`, then kl_bits_per_dim (B,) (the KL term of the bound), the posterior mean
+        (B, latent) and its log-variance (B, latent)."""
         b, k = eps.shape[0], eps.shape[1]
         dims = x[0].numel()
         mu, logvar = self.encode(x, label)
@@ -167,7 +172,8 @@ class VAE(nn.Module):
         recon_map = -log_px.mean(1) / _LOG2
         mean_image = self.decoder_mean(self.decode(mu, label))
         recon_mse = (mean_image - x.float() / 255.0).pow(2).flatten(1).mean(1)
-        return neg_elbo / (dims * _LOG2), iwae / (dims * _LOG2), recon_map, recon_mse
+        per_dim = dims * _LOG2
+        return neg_elbo / per_dim, iwae / per_dim, recon_map, recon_mse, kl / per_dim, mu, logvar
 
     def loss(self, x: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         """Training objective: negative ELBO in bits/dim per image, one sample, (B,)."""

@@ -1,0 +1,123 @@
+"""Densities fitted after training, on normal data, and exported inside the graph as constants.
+
+- `LatentMixture`: a full-covariance Gaussian mixture over the VAE's posterior means, i.e. a smooth
+  model of the aggregate posterior of the normal data (LSA, Abati et al. 2019, used an
+  autoregressive density for the same job). Its number of components is chosen by BIC on the
+  training codes: a normal-only criterion.
+- `RegionDensity`: a Gaussian over a per-pixel map (the PixelCNN's NLL map, the VAE's
+  reconstruction map) pooled into a coarse grid of regions, after a log. Its squared Mahalanobis
+  distance says how unusual the *pattern* of surprise is: which regions of the image the model
+  found hard. The total likelihood averages that pattern away, and a pixel-level likelihood is
+  dominated by local texture that every class shares (DoSE, Morningstar et al. 2021, fits
+  densities of such statistics).
+
+Both are plain buffers and tensor arithmetic, so the exported graph computes them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+GRID = 7  # regions per side (28x28 -> 4x4-pixel regions); at most the image's own size
+LOG_FLOOR_BITS = 0.01  # log(map + floor): a pixel the model predicts perfectly is not -inf
+MIXTURE_COMPONENTS = (1, 2, 4, 8, 16)
+
+
+class LatentMixture(nn.Module):
+    """z (B, d) -> negative log-density (B,) in nats under a Gaussian mixture."""
+
+    def __init__(self, means: np.ndarray, precisions_cholesky: np.ndarray, weights: np.ndarray):
+        super().__init__()
+        k, d = means.shape
+        assert precisions_cholesky.shape == (k, d, d)
+        assert weights.shape == (k,)
+        log_det = np.log(np.diagonal(precisions_cholesky, axis1=1, axis2=2)).sum(1)
+        # log w_k + log |L_k| - d/2 log(2 pi), with precision_k = L_k L_k^T
+        const = np.log(weights) + log_det - 0.5 * d * math.log(2 * math.pi)
+        self.register_buffer("means", torch.tensor(means, dtype=torch.float32))
+        self.register_buffer("prec_chol", torch.tensor(precisions_cholesky, dtype=torch.float32))
+        self.register_buffer("const", torch.tensor(const, dtype=torch.float32))
+
+    @classmethod
+    def fit(cls, codes: np.ndarray, *, seed: int = 0) -> LatentMixture:
+        """The mixture with the lowest BIC among MIXTURE_COMPONENTS components (at most one
+        component per 20 codes), fitted to `codes` (N, d)."""
+        from sklearn.mixture import GaussianMixture
+
+        codes = np.asarray(codes, dtype=np.float64)
+        best = None
+        for k in MIXTURE_COMPONENTS:
+            if k > 1 and 20 * k > len(codes):
+                break
+            gmm = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=seed)
+            gmm.fit(codes)
+            bic = gmm.bic(codes)
+            if best is None or bic < best[0]:
+                best = (bic, gmm)
+        gmm = best[1]
+        return cls(gmm.means_, gmm.precisions_cholesky_, gmm.weights_)
+
+    @property
+    def components(self) -> int:
+        return int(self.means.shape[0])
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        diff = z.float()[:, None, :] - self.means[None]  # (B, K, d)
+        y = torch.einsum("bkd,kde->bke", diff, self.prec_chol)  # whitened, (B, K, d)
+        log_p = self.const[None] - 0.5 * y.pow(2).sum(2)  # (B, K)
+        return -torch.logsumexp(log_p, dim=1)
+
+
+def pooling_matrix(height: int, width: int, grid: int = GRID) -> np.ndarray:
+    """(H*W, gh*gw) averaging weights of adaptive average pooling into a gh x gw grid."""
+    gh, gw = min(grid, height), min(grid, width)
+
+    def bins(size: int, n: int) -> np.ndarray:
+        m = np.zeros((size, n))
+        for i in range(n):  # PyTorch's adaptive pooling bins: [floor(i*s/n), ceil((i+1)*s/n))
+            start, stop = (i * size) // n, -(-((i + 1) * size) // n)
+            m[start:stop, i] = 1.0 / (stop - start)
+        return m
+
+    return np.kron(bins(height, gh), bins(width, gw))  # rows: pixel (y, x); columns: region
+
+
+class RegionDensity(nn.Module):
+    """Per-pixel maps, each (B, C, H, W) in bits -> squared Mahalanobis distance (B,) of their
+    pooled logs, side by side, from the normal images' (a Gaussian with a shrunk covariance)."""
+
+    def __init__(self, pooling: np.ndarray, mean: np.ndarray, precision: np.ndarray):
+        super().__init__()
+        self.register_buffer("pooling", torch.tensor(pooling, dtype=torch.float32))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("precision", torch.tensor(precision, dtype=torch.float32))
+
+    def features(self, *bits_maps: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) maps -> (B, maps * regions): the log of each map, averaged over channels,
+        pooled into regions."""
+        pooled = [
+            torch.log(m.float() + LOG_FLOOR_BITS).mean(1).flatten(1) @ self.pooling
+            for m in bits_maps
+        ]
+        return torch.cat(pooled, dim=1)
+
+    @classmethod
+    def fit(cls, *bits_maps: torch.Tensor) -> RegionDensity:
+        """Fit on the maps (N, C, H, W) of normal images; Ledoit-Wolf shrinks the covariance."""
+        from sklearn.covariance import LedoitWolf
+
+        pooling = pooling_matrix(bits_maps[0].shape[2], bits_maps[0].shape[3])
+        size = pooling.shape[1] * len(bits_maps)
+        probe = cls(pooling, np.zeros(size), np.eye(size))
+        with torch.no_grad():
+            features = probe.features(*bits_maps).double().numpy()
+        covariance = LedoitWolf().fit(features).covariance_
+        return cls(pooling, features.mean(0), np.linalg.inv(covariance))
+
+    def forward(self, *bits_maps: torch.Tensor) -> torch.Tensor:
+        delta = self.features(*bits_maps) - self.mean  # (B, features)
+        return ((delta @ self.precision) * delta).sum(1)
