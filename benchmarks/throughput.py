@@ -68,12 +68,7 @@ def worker(runtime: str, bundle_path: str, batch: int, seconds: float, threads: 
         kind, model, _ = model_from_checkpoint(path.with_suffix(".pt"))
         x = torch.from_numpy(images)
         if kind == "pixelcnn":
-            background = None
-            if bundle.spec.model.background:  # the graph runs both models
-                _, background, _ = model_from_checkpoint(
-                    path.with_name(f"{path.stem}.background.pt")
-                )
-            graph = PixelCNNGraph(model, background).eval()
+            graph = PixelCNNGraph(model).eval()
             args = (x,)
         else:
             noise = bundle.spec.noise

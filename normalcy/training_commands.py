@@ -36,13 +36,6 @@ def add_train(sub) -> None:
     p.add_argument("--latent", type=int, help="VAE latent dimensions")
     p.add_argument("--likelihood", choices=["logistic", "categorical"], help="VAE decoder")
     p.add_argument("--samples", type=int, default=4, help="VAE importance samples when scoring")
-    p.add_argument(
-        "--background-rate",
-        type=float,
-        default=0.0,
-        help="PixelCNN: also fit a background model on pixels substituted at this rate "
-        "(adds the likelihood_ratio score)",
-    )
     p.add_argument("--alpha", type=alpha, default=0.01, help="default false-positive rate")
     p.add_argument(
         "--conditional",
@@ -81,7 +74,6 @@ def run_train(args) -> int:
         normal_classes=args.normal_classes,
         model=model,
         train=train,
-        background_rate=args.background_rate,
         alpha=args.alpha,
         samples=args.samples,
         progress=not args.no_progress,

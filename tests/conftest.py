@@ -32,9 +32,9 @@ def _train(kind: str, out, train=None, **extra):
 
 @pytest.fixture(scope="session")
 def pixelcnn_bundle(tmp_path_factory):
-    """Path of a tiny calibrated PixelCNN bundle (digits 0-4 normal), with a background model."""
+    """Path of a tiny calibrated PixelCNN bundle (digits 0-4 normal), with its local model."""
     out = tmp_path_factory.mktemp("bundles") / "pixelcnn.onnx"
-    _train("pixelcnn", out, background_rate=0.2)
+    _train("pixelcnn", out)
     return out
 
 

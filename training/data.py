@@ -1,8 +1,7 @@
 """Training data: a spec string -> normal images -> deterministic train / validation / calibration.
 
 The loaders themselves live in `detectors.sources` (scoring jobs need them without torch); this
-module adds what only training needs: class selection, seeded splits, and perturbation for
-background models.
+module adds what only training needs: class selection and seeded splits.
 """
 
 from __future__ import annotations
@@ -10,12 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from detectors.errors import InputError
 from detectors.sources import ImageSet, load, parse_classes
 
-__all__ = ["ImageSet", "Splits", "load", "parse_classes", "perturb", "split"]
+__all__ = ["ImageSet", "Splits", "load", "parse_classes", "split"]
 
 
 @dataclass(frozen=True)
@@ -46,14 +44,3 @@ def split(
         validation=data.select(np.sort(order[:n_val])),
         calibration=data.select(np.sort(order[n_val : n_val + n_cal])),
     )
-
-
-def perturb(x: torch.Tensor, rate: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Replace each sub-pixel with a uniform random level with probability `rate` (uint8 in, out).
-
-    The background model of the likelihood ratio (Ren et al., 2019) is fitted to such images, so it
-    learns the population-level statistics but not the semantics of the normal class.
-    """
-    replace = torch.rand(x.shape, generator=generator, device=x.device) < rate
-    noise = torch.randint(0, 256, x.shape, generator=generator, device=x.device, dtype=torch.uint8)
-    return torch.where(replace, noise, x)

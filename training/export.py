@@ -40,36 +40,30 @@ LABEL_INPUT = "labels"
 
 
 class PixelCNNGraph(nn.Module):
-    """images -> nll_bits_per_dim (B,) and nll_bits_map (B, C, H, W); with a background model,
-    background_nll_bits_per_dim (B,) for the likelihood ratio; with the local model (a PixelCNN of
-    a 3x3 receptive field), local_nll_bits_per_dim (B,); with the region density
+    """images -> nll_bits_per_dim (B,) and nll_bits_map (B, C, H, W); with the local model (a
+    PixelCNN of a 3x3 receptive field), local_nll_bits_per_dim (B,); with the region density
     (models/density.py), nll_map_distance (B,) over the full and local maps."""
 
     def __init__(
         self,
         model: PixelCNN,
-        background: PixelCNN | None = None,
         *,
         local: PixelCNN | None = None,
         region: RegionDensity | None = None,
     ):
         super().__init__()
         self.model = model
-        self.background = background
         self.local = local
         self.region = region
 
     def output_names(self) -> list[str]:
         names = ["nll_bits_per_dim", "nll_bits_map"]
-        names += ["background_nll_bits_per_dim"] if self.background is not None else []
         names += ["local_nll_bits_per_dim"] if self.local is not None else []
         return names + (["nll_map_distance"] if self.region is not None else [])
 
     def forward(self, images, labels=None):
         bits_map = self.model.nll_bits_map(images, labels)
         outputs = (bits_map.flatten(1).mean(1), bits_map)
-        if self.background is not None:
-            outputs += (self.background.bits_per_dim(images, labels),)
         maps = (bits_map,)
         if self.local is not None:
             local_map = self.local.nll_bits_map(images, labels)
@@ -149,7 +143,6 @@ def export_graph_bytes(
     model: nn.Module,
     image_shape: tuple[int, int, int],
     *,
-    background: PixelCNN | None = None,
     statistics: Statistics | None = None,
     samples: int = 4,
 ) -> bytes:
@@ -160,7 +153,7 @@ def export_graph_bytes(
     x = torch.randint(0, 256, (2, *image_shape), dtype=torch.uint8)
     label = [torch.zeros(2, dtype=torch.int64)] if conditional else []
     label_name = [LABEL_INPUT] if conditional else []
-    graph = scoring_graph(kind, model, background=background, statistics=statistics)
+    graph = scoring_graph(kind, model, statistics=statistics)
     if kind == "pixelcnn":
         return export_graph(graph, (x, *label), [IMAGE_INPUT, *label_name])
     # The example's sample count must differ from every static size, or the exporter fixes it.
@@ -173,13 +166,12 @@ def scoring_graph(
     kind: str,
     model: nn.Module,
     *,
-    background: PixelCNN | None = None,
     statistics: Statistics | None = None,
 ) -> nn.Module:
     """The module that is exported: the model's scores and, with `statistics`, its densities."""
     st = statistics or Statistics()
     if kind == "pixelcnn":
-        return PixelCNNGraph(model, background, local=st.local, region=st.region)
+        return PixelCNNGraph(model, local=st.local, region=st.region)
     return VAEGraph(model, latent=st.latent, region=st.region)
 
 
@@ -188,7 +180,6 @@ def base_spec(
     model: nn.Module,
     image_shape: tuple[int, int, int],
     *,
-    has_background: bool,
     statistics: bool = False,
     samples: int,
     alpha: float,
@@ -204,7 +195,7 @@ def base_spec(
         classes = sorted(int(c) for c in classes) if classes else list(range(cfg.num_classes))
         labels = LabelSpec(input=LABEL_INPUT, num_classes=cfg.num_classes, classes=tuple(classes))
     channels, height, width = image_shape
-    scores, default = score_specs(kind, has_background, statistics)
+    scores, default = score_specs(kind, statistics)
     return BundleSpec(
         model=ModelInfo(
             kind=kind,
@@ -212,7 +203,7 @@ def base_spec(
             parameters=sum(p.numel() for p in model.parameters()),
             conditional=cfg.num_classes > 0,
             num_classes=cfg.num_classes,
-            background=has_background,
+            background=False,
         ),
         input=ImageInput(
             name=IMAGE_INPUT,

@@ -36,8 +36,6 @@ class TrainJob:
     normal_classes: list[int] | None = None
     model: dict | None = None  # hyperparameters for the model's config dataclass
     train: TrainConfig | None = None
-    background_rate: float = 0.0  # > 0: also fit a background PixelCNN for the likelihood ratio
-    background_weight_decay: float = 1e-4
     alpha: float = 0.01
     samples: int = 4  # VAE importance samples at scoring time
     validation: float = 0.1
@@ -103,6 +101,7 @@ def run(job: TrainJob) -> tuple[Bundle | None, dict | None]:
         resume=job.resume,
         progress=job.progress,
     )
+
     def fit_partner(partner_config: dict, partner_cfg: TrainConfig, suffix: str):
         checkpoint = out.with_name(out.stem + suffix)
         return fit(
@@ -115,15 +114,6 @@ def run(job: TrainJob) -> tuple[Bundle | None, dict | None]:
             progress=job.progress,
         )
 
-    background, background_result = None, None
-    if job.background_rate > 0:
-        if job.kind != "pixelcnn":
-            msg = "a background model (likelihood ratio) is offered for the PixelCNN only"
-            raise ValueError(msg)
-        bg_cfg = replace(
-            cfg, perturb_rate=job.background_rate, weight_decay=job.background_weight_decay
-        )
-        background, background_result = fit_partner(config, bg_cfg, ".background.pt")
     local, local_result = None, None
     if job.kind == "pixelcnn":  # the local model of the local-versus-full ratio
         local_cfg = replace(cfg, max_minutes=cfg.max_minutes and cfg.max_minutes * LOCAL_BUDGET)
@@ -147,15 +137,6 @@ def run(job: TrainJob) -> tuple[Bundle | None, dict | None]:
         "validation_bits_per_dim": result.best_validation_bits_per_dim,
         "train_seconds": round(train_seconds, 1),
         "train_config": asdict(cfg),
-        "background": (
-            None
-            if background_result is None
-            else {
-                "perturb_rate": job.background_rate,
-                "epochs": background_result.epochs,
-                "validation_bits_per_dim": background_result.best_validation_bits_per_dim,
-            }
-        ),
         "local": (
             None
             if local_result is None
@@ -173,7 +154,6 @@ def run(job: TrainJob) -> tuple[Bundle | None, dict | None]:
         job.kind,
         model,
         image_shape,
-        has_background=background is not None,
         statistics=True,
         samples=job.samples,
         alpha=job.alpha,
@@ -192,7 +172,6 @@ def run(job: TrainJob) -> tuple[Bundle | None, dict | None]:
         job.kind,
         model.cpu(),
         image_shape,
-        background=background and background.cpu(),
         statistics=statistics,
         samples=job.samples,
     )

@@ -16,7 +16,7 @@ from detectors.spec import LIKELIHOOD_SCORES
 # The members of each kind's combined score (the default of every bundle that offers it) and
 # why. They were chosen on development protocols whose anomalies are other classes' *training*
 # images (one-class MNIST 2, 5, 8, 9 and Fashion-MNIST 6; Fashion-MNIST vs MNIST training
-# images), never on the test images that benchmarks/quality_cpu.py reports, by the highest worst
+# images), never on the test images that benchmarks/quality.py reports, by the highest worst
 # case across those protocols. A member that is weak somewhere dilutes Fisher's sum, so only
 # statistics that were strong on every development protocol were kept.
 COMBINED_MEMBERS = {
@@ -71,14 +71,11 @@ LIKELIHOODS = {
 COMPRESSOR_NAMES = {"zlib": "zlib-9", "png": "PNG"}
 
 
-def score_specs(
-    kind: str, has_background: bool, statistics: bool = False
-) -> tuple[dict[str, ScoreSpec], str]:
+def score_specs(kind: str, statistics: bool = False) -> tuple[dict[str, ScoreSpec], str]:
     """The scores a bundle offers (uncalibrated) and the default one: the likelihood in bits/dim
-    and its input-complexity corrections, plus the likelihood ratio (PixelCNN with a background
-    model) or the negative ELBO, the reconstruction error, the KL term and the posterior spread
-    (VAE); with `statistics` (the graph holds the fitted densities and the local model), the
-    scores in STATISTICS and the combined score, the default."""
+    and its input-complexity corrections, plus (VAE) the negative ELBO, the reconstruction error,
+    the KL term and the posterior spread; with `statistics` (the graph holds the fitted densities
+    and the local model), the scores in STATISTICS and the combined score, the default."""
     bits = "bits/dim"
     name = LIKELIHOOD_SCORES[kind]
     output = f"{name}_bits_per_dim"
@@ -95,13 +92,6 @@ def score_specs(
             output=output,
             compressor=compressor,
             description=f"{short} minus {title} code length (input-complexity correction)",
-            units=bits,
-        )
-    if kind == "pixelcnn" and has_background:
-        scores["likelihood_ratio"] = DifferenceScore(
-            output=output,
-            minus_output="background_nll_bits_per_dim",
-            description="NLL minus the background model's NLL (likelihood ratio, Ren et al. 2019)",
             units=bits,
         )
     if kind == "vae":

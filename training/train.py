@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import distributed
-from .data import ImageSet, Splits, perturb
+from .data import ImageSet, Splits
 from .models import VAE, PixelCNN, PixelCNNConfig, VAEConfig
 
 MODEL_KINDS = {"pixelcnn": (PixelCNN, PixelCNNConfig), "vae": (VAE, VAEConfig)}
@@ -30,13 +30,12 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
-    weight_decay: float = 0.0  # L2 penalty (the background model of the likelihood ratio uses it)
+    weight_decay: float = 0.0  # L2 penalty
     warmup_steps: int = 50
     grad_clip: float = 1.0
     patience: int = 3  # epochs without a better validation score before stopping
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    perturb_rate: float = 0.0  # > 0 trains on randomly substituted pixels (background model)
     max_minutes: float | None = None  # wall-clock budget; stops after the step that passes it
     conditional: bool = False  # feed labels to a class-conditional model
 
@@ -195,7 +194,6 @@ def fit(
         torch.set_rng_state(ckpt["rng"])
 
     use_amp = device.type == "cuda"
-    generator = torch.Generator().manual_seed(cfg.seed + 1 + 7919 * world.rank)
     step_loss = distributed.wrap(Objective(model), world, device)
     stopped = "epochs"
     while state["epoch"] < cfg.epochs and stopped == "epochs":
@@ -217,8 +215,6 @@ def fit(
             index = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             x = images[index].to(device)
             y = labels[index].to(device) if cfg.conditional else None
-            if cfg.perturb_rate > 0:
-                x = perturb(x.cpu(), cfg.perturb_rate, generator).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = step_loss(x, y).mean()
             optimizer.zero_grad(set_to_none=True)

@@ -17,17 +17,17 @@ def _batch(n=7):
 
 def test_pixelcnn_bundle_matches_torch_within_1e_4_bits_per_dim(pixelcnn_bundle):
     _, model, _ = model_from_checkpoint(pixelcnn_bundle.with_suffix(".pt"))
-    _, background, _ = model_from_checkpoint(pixelcnn_bundle.with_name("pixelcnn.background.pt"))
+    _, local, _ = model_from_checkpoint(pixelcnn_bundle.with_name("pixelcnn.local.pt"))
     images = _batch()
     session = OnnxSession(Bundle.read(pixelcnn_bundle), device="cpu")
-    out = session.run(images, ["nll_bits_per_dim", "nll_bits_map", "background_nll_bits_per_dim"])
+    out = session.run(images, ["nll_bits_per_dim", "nll_bits_map", "local_nll_bits_per_dim"])
     with torch.no_grad():
         x = torch.from_numpy(images)
         expected_map = model.nll_bits_map(x).numpy()
-        expected_bg = background.bits_per_dim(x).numpy()
+        expected_local = local.bits_per_dim(x).numpy()
     np.testing.assert_allclose(out["nll_bits_per_dim"], expected_map.mean((1, 2, 3)), atol=1e-4)
     np.testing.assert_allclose(out["nll_bits_map"], expected_map, atol=1e-3)
-    np.testing.assert_allclose(out["background_nll_bits_per_dim"], expected_bg, atol=1e-4)
+    np.testing.assert_allclose(out["local_nll_bits_per_dim"], expected_local, atol=1e-4)
 
 
 def test_vae_bundle_matches_torch_within_1e_4_bits_per_dim(vae_bundle):

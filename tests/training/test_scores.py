@@ -1,71 +1,45 @@
-"""Scores that survive out-of-distribution inputs, end to end: the likelihood ratio travels in one
-graph with both models, and torch computing the same graph gives the served scores."""
+"""Scores that see past local texture, end to end: the local-versus-full ratio travels in one graph
+with both models, and the combined default is computed from its members as served."""
 
 import numpy as np
 import torch
 
 from detectors import Bundle, Detector, write_bundle
-from detectors.complexity import code_length_bits_per_dim
-from detectors.runtime import scores_from_outputs, vae_noise
-from training.export import PixelCNNGraph, VAEGraph
+from detectors.combination import combine
 from training.train import model_from_checkpoint
 
 
-def _models(path):
-    _, model, _ = model_from_checkpoint(path.with_suffix(".pt"))
-    background = path.with_name(path.stem + ".background.pt")
-    return model, (model_from_checkpoint(background)[1] if background.exists() else None)
-
-
-def test_likelihood_ratio_bundle_round_trip_matches_torch(pixelcnn_bundle, digits_test, tmp_path):
+def test_local_ratio_bundle_round_trip_matches_torch(pixelcnn_bundle, digits_test, tmp_path):
     bundle = Bundle.read(pixelcnn_bundle)
-    spec = bundle.spec.scores["likelihood_ratio"]
+    spec = bundle.spec.scores["local_ratio"]
     assert spec.kind == "difference"
-    assert spec.minus_output == "background_nll_bits_per_dim"
+    assert spec.minus_output == "local_nll_bits_per_dim"
     copy = write_bundle(bundle.model_bytes, bundle.spec, tmp_path / "copy.onnx")
     detector = Detector.load(copy.path, device="cpu")
     images = digits_test.images[:32]
-    served = detector.raw_scores(images, ["likelihood_ratio", "nll"])
-    model, background = _models(pixelcnn_bundle)
+    served = detector.raw_scores(images, ["local_ratio", "nll"])
+    _, model, _ = model_from_checkpoint(pixelcnn_bundle.with_suffix(".pt"))
+    _, local, _ = model_from_checkpoint(pixelcnn_bundle.with_name("pixelcnn.local.pt"))
+    assert (local.cfg.layers, local.cfg.kernel) == (1, 3)
     with torch.no_grad():
         x = torch.from_numpy(images)
-        expected = (model.bits_per_dim(x) - background.bits_per_dim(x)).double().numpy()
-    np.testing.assert_allclose(served["likelihood_ratio"], expected, atol=1e-4)
-    result = detector.score(images, score="likelihood_ratio", alpha=0.2)
+        expected = (model.bits_per_dim(x) - local.bits_per_dim(x)).double().numpy()
+    np.testing.assert_allclose(served["local_ratio"], expected, atol=1e-4)
+    result = detector.score(images, score="local_ratio", alpha=0.2)
     np.testing.assert_array_equal(result.is_anomaly, result.p_values <= 0.2)
 
 
-def _torch_outputs(kind, model, background, images, spec):
-    with torch.no_grad():
-        x = torch.from_numpy(images)
-        if kind == "pixelcnn":
-            nll, _ = PixelCNNGraph(model)(x)
-            outputs = {"nll_bits_per_dim": nll.numpy()}
-            if background is not None:
-                outputs["background_nll_bits_per_dim"] = background.bits_per_dim(x).numpy()
-            return outputs
-        noise = torch.from_numpy(vae_noise(spec.noise, len(images)))
-        neg_elbo, iwae, _, mse, *_ = VAEGraph(model)(x, noise)
-        return {
-            "neg_elbo_bits_per_dim": neg_elbo.numpy(),
-            "iwae_bits_per_dim": iwae.numpy(),
-            "recon_mse": mse.numpy(),
-        }
-
-
-def test_torch_on_the_exported_modules_gives_every_served_score(
-    pixelcnn_bundle, vae_bundle, digits_test
-):
-    # The quality benchmark scores on GPU with torch this way; it must be the served math.
+def test_the_default_is_the_combined_score_of_its_members(pixelcnn_bundle, vae_bundle, digits_test):
     images = digits_test.images[:24]
-    codes = {c: code_length_bits_per_dim(images, c) for c in ("zlib", "png")}
     for path in (pixelcnn_bundle, vae_bundle):
         detector = Detector.load(path, device="cpu")
-        model, background = _models(path)
-        outputs = _torch_outputs(detector.kind, model, background, images, detector.spec)
-        mine = scores_from_outputs(
-            detector.spec.scores, detector.score_names, outputs, code_lengths=codes
-        )
-        served = detector.raw_scores(images)
-        for name in detector.score_names:
-            np.testing.assert_allclose(mine[name], served[name], atol=1e-4, err_msg=name)
+        assert detector.default_score == "combined"
+        members = detector.spec.scores["combined"].statistics
+        raw = detector.raw_scores(images, list(members))
+        references = {m: np.asarray(detector.spec.scores[m].reference) for m in members}
+        result = detector.score(images)
+        np.testing.assert_allclose(result.scores, combine("fisher", raw, references))
+        n_members, n_combined = len(references[members[0]]), len(detector.reference("combined"))
+        # Two disjoint halves of the calibration images.
+        assert n_members + n_combined == detector.spec.calibration.n_reference
+        assert abs(n_members - n_combined) <= 1
