@@ -283,10 +283,12 @@ def test_ctrl_c_stops_cleanly_keeping_what_was_scored(vae_bundle, big_inputs, tm
     process = start_job(vae_bundle, big_inputs, out)
     wait_for_rows(journal, process, 40)
     process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=60) == 130
-    stderr = process.communicate()[1].decode()
+    stdout, stderr = (stream.decode() for stream in process.communicate(timeout=60))
+    assert process.returncode == 130
     assert "Traceback" not in stderr
+    assert "stopping after this batch" in stderr
     assert "--resume" in stderr
+    assert json.loads(stdout)["complete"] is False  # stdout holds the JSON summary and nothing else
     partial = read_results(out)  # what was scored is written out, and kept for --resume
     assert 40 <= len(partial) < 6300
     assert journal.read_bytes().count(b"\n") == len(partial)
