@@ -46,14 +46,16 @@ def _save(fig: Figure, out: Path, name: str) -> str:
     return name
 
 
-def plot_history(history: list[dict], out: Path) -> str:
-    epochs = [row["epoch"] for row in history]
+def plot_history(
+    epochs: list[int], train: list[float], validation: list[float], ylabel: str, out: Path
+) -> str:
+    """The training objective per epoch on the training batches and the validation split."""
     fig = _figure((6, 3.6))
     ax = fig.subplots()
-    ax.plot(epochs, [row["train_bits_per_dim"] for row in history], "o-", label="training")
-    ax.plot(epochs, [row["validation_bits_per_dim"] for row in history], "s-", label="validation")
+    ax.plot(epochs, train, "o-", label="training")
+    ax.plot(epochs, validation, "s-", label="validation")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("bits/dim")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, out, "history.png")

@@ -27,7 +27,20 @@ from detectors.sources import ImageSet, load
 
 from .figures import Plot, Report, generated_figures, score_figures
 from .plots import plot_history
-from .train import model_from_checkpoint, resolve_device
+from .train import (
+    OBJECTIVES,
+    history_curve,
+    history_objective,
+    model_from_checkpoint,
+    resolve_device,
+)
+
+# What each figure is, in words, by the name the bundle gives that score.
+OBJECTIVE_NAMES = {
+    "nll": "exact negative log-likelihood",
+    "neg_elbo": "negative ELBO, one sample",
+    "iwae": "importance-weighted bound",
+}
 
 
 def find_artifacts(source: str | Path) -> tuple[Path | None, Path | None]:
@@ -99,6 +112,25 @@ def write_page(report: Report, title: str, facts: list[tuple[str, str]]) -> None
     report.page.write_text("\n".join(parts))
 
 
+def validation_facts(bundle: Bundle) -> list[tuple[str, str]]:
+    """The validation bits/dim a bundle records, each named for what it is: the training
+    objective of the best epoch (torch) and the bundle's likelihood score through its graph."""
+    training, likelihood = bundle.spec.training, bundle.spec.likelihood_score
+    samples = f", K = {bundle.spec.noise.samples}" if bundle.spec.noise else ""
+    figures = {likelihood: (training.validation_bits_per_dim_onnx, "through the bundle's graph")}
+    objective = training.extra.get("objective", OBJECTIVES[bundle.kind])
+    if objective != likelihood:
+        figures[objective] = (training.validation_bits_per_dim, "training's best epoch")
+    return [
+        (
+            f"val_{name}_bits_per_dim",
+            f"{float('nan') if bits is None else bits:.4f} "
+            f"({OBJECTIVE_NAMES.get(name, name)}{samples if name == 'iwae' else ''}; {where})",
+        )
+        for name, (bits, where) in sorted(figures.items(), key=lambda kv: kv[0] != objective)
+    ]
+
+
 def make_report(
     source: str | Path,
     normal: ImageSet,
@@ -138,12 +170,20 @@ def make_report(
         bar.set_postfix_str(step)
         if step == "history":
             if history:
+                objective = OBJECTIVE_NAMES.get(history_objective(history) or OBJECTIVES[kind])
                 report.figures.append(
                     Plot(
-                        plot_history(history, out),
+                        plot_history(
+                            [row["epoch"] for row in history],
+                            history_curve(history, "train"),
+                            history_curve(history, "val"),
+                            f"{objective}, bits/dim",
+                            out,
+                        ),
                         "Training",
-                        "Mean bits/dim per epoch on the training batches and "
-                        "the validation split (lower is better).",
+                        f"The training objective ({objective}, bits/dim) per epoch: its mean "
+                        "over the training batches and over the validation split (lower is "
+                        "better).",
                     )
                 )
             else:
@@ -190,14 +230,12 @@ def make_report(
         ("anomalous images", report.metrics.get("anomalous") or "none"),
     ]
     if bundle:
-        training = bundle.spec.training
-        bits = training.validation_bits_per_dim_onnx
         facts += [
             ("bundle version", bundle.version),
             ("default score", bundle.spec.default_score),
-            ("trained on", str(training.data)),
-            ("epochs", str(training.epochs)),
-            ("validation bits/dim", f"{float('nan') if bits is None else bits:.4f}"),
+            ("trained on", str(bundle.spec.training.data)),
+            ("epochs", str(bundle.spec.training.epochs)),
+            *validation_facts(bundle),
         ]
         if classes and bundle.spec.labels:
             facts.append(("conditional", f"yes: classes {classes}"))
