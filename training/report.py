@@ -24,6 +24,7 @@ from detectors import Detector
 from detectors.bundle import Bundle
 from detectors.errors import InputError
 from detectors.sources import ImageSet, load
+from detectors.spec import BundleSpec
 
 from .figures import Plot, Report, generated_figures, score_figures
 from .plots import plot_history
@@ -112,13 +113,13 @@ def write_page(report: Report, title: str, facts: list[tuple[str, str]]) -> None
     report.page.write_text("\n".join(parts))
 
 
-def validation_facts(bundle: Bundle) -> list[tuple[str, str]]:
+def validation_facts(spec: BundleSpec) -> list[tuple[str, str]]:
     """The validation bits/dim a bundle records, each named for what it is: the training
     objective of the best epoch (torch) and the bundle's likelihood score through its graph."""
-    training, likelihood = bundle.spec.training, bundle.spec.likelihood_score
-    samples = f", K = {bundle.spec.noise.samples}" if bundle.spec.noise else ""
+    training, likelihood = spec.training, spec.likelihood_score
+    samples = f", K = {spec.noise.samples}" if spec.noise else ""
     figures = {likelihood: (training.validation_bits_per_dim_onnx, "through the bundle's graph")}
-    objective = training.extra.get("objective", OBJECTIVES[bundle.kind])
+    objective = training.extra.get("objective", OBJECTIVES[spec.model.kind])
     if objective != likelihood:
         figures[objective] = (training.validation_bits_per_dim, "training's best epoch")
     return [
@@ -235,7 +236,7 @@ def make_report(
             ("default score", bundle.spec.default_score),
             ("trained on", str(bundle.spec.training.data)),
             ("epochs", str(bundle.spec.training.epochs)),
-            *validation_facts(bundle),
+            *validation_facts(bundle.spec),
         ]
         if classes and bundle.spec.labels:
             facts.append(("conditional", f"yes: classes {classes}"))

@@ -6,6 +6,7 @@ import torch
 
 from detectors.sources import load_digits
 from training.data import perturb, split
+from training.pipeline import TrainJob, run
 from training.train import TrainConfig, fit, history_curve, history_objective, load_checkpoint
 
 TINY = {"hidden": 8, "layers": 2, "kernel": 3, "head": 8}
@@ -128,3 +129,19 @@ def test_progress_off_a_terminal_is_one_line_per_epoch_on_stderr(splits, capsys)
     assert len(lines) == 2
     assert lines[0].startswith("pixelcnn epoch 1/2: nll bits/dim train ")
     assert ", val " in lines[0]
+
+
+def test_a_vae_run_reports_its_objective_and_its_bound_by_name(tmp_path):
+    job = TrainJob(
+        "vae",
+        "digits:train",
+        str(tmp_path / "vae.onnx"),
+        normal_classes=[0, 1],
+        model={"latent": 2, "hidden": 4},
+        train=TrainConfig(epochs=1),
+        progress=False,
+    )
+    _, summary = run(job)
+    # The one-sample negative ELBO training early-stops on, and the bundle's K-sample bound.
+    assert summary["val_neg_elbo_bits_per_dim"] != summary["val_iwae_bits_per_dim"]
+    assert "validation_bits_per_dim" not in summary
