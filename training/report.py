@@ -32,6 +32,7 @@ from .train import (
     OBJECTIVES,
     history_curve,
     history_objective,
+    interactive,
     model_from_checkpoint,
     resolve_device,
 )
@@ -145,6 +146,7 @@ def make_report(
     progress: bool = True,
 ) -> Report:
     """Write `out/index.html`, its PNG figures and `report.json` for a bundle or checkpoint."""
+    progress = progress and interactive()  # bars on a terminal, never \r updates into a file
     bundle_path, checkpoint_path = find_artifacts(source)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

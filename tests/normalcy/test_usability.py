@@ -94,3 +94,15 @@ def test_evaluate_shows_a_progress_bar_on_stderr_and_only_json_on_stdout(vae_bun
     assert f"{n}/{n}" in err
     assert main([*argv, "--json", "--no-progress"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_training_into_a_file_writes_a_line_per_epoch_and_no_carriage_returns(tmp_path, capsys):
+    # pytest's stderr is not a terminal: as `normalcy train ... 2> log`. The report is on.
+    argv = ["train", "pixelcnn", "--data", "digits:train", "--normal-classes", "0,1"]
+    argv += ["--epochs", "2", "--hidden", "4", "--layers", "1", "--kernel", "3"]
+    assert main([*argv, "--out", str(tmp_path / "m.onnx")]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["val_nll_bits_per_dim"] > 0  # stdout is the summary alone
+    assert "\r" not in err
+    epochs = [line for line in err.splitlines() if line.startswith("pixelcnn epoch")]
+    assert [line.split(":")[0] for line in epochs] == ["pixelcnn epoch 1/2", "pixelcnn epoch 2/2"]
