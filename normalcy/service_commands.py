@@ -30,13 +30,17 @@ def add_serve(sub) -> None:
     p.set_defaults(run=run_serve)
 
 
+# Settings whose flag is not their name with dashes.
+FLAG_NAMES = {"models_dir": "--models DIR", "access_log": "--no-access-log"}
+
+
 def _problem(error: dict, *, has_flag: set[str]) -> str:
     """A settings error named by what the user sets: the flag and the environment variable."""
     field = ".".join(map(str, error["loc"]))
     if not field:
         return error["msg"]
     variable = f"NORMALCY_{field.upper()}"
-    flag = "--models DIR" if field == "models_dir" else "--" + field.replace("_", "-")
+    flag = FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
     where = f"{flag} or {variable}" if field in has_flag else variable
     if error["type"] == "missing":
         return f"{where} is required"
