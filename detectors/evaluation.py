@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
@@ -29,17 +31,19 @@ def evaluate(
     batch_size: int = 256,
     normal_labels=None,
     anomalous_labels=None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> dict:
     """Every score of `detector` on normal (and anomalous) images, with the rate flagged at alpha.
-    A conditional detector needs the labels of both sets."""
+    A conditional detector needs the labels of both sets. `on_batch(n)` follows the scoring (a
+    progress bar), called with the number of images of each batch scored."""
     alpha = detector.default_alpha if alpha is None else alpha
     normal_scores, _ = detector.raw_scores_batched(
-        normal, labels=normal_labels, batch_size=batch_size
+        normal, labels=normal_labels, batch_size=batch_size, on_batch=on_batch
     )
     anomalous_scores = None
     if anomalous is not None and len(anomalous):
         anomalous_scores, _ = detector.raw_scores_batched(
-            anomalous, labels=anomalous_labels, batch_size=batch_size
+            anomalous, labels=anomalous_labels, batch_size=batch_size, on_batch=on_batch
         )
     rows = []
     for name in detector.score_names:

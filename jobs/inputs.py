@@ -61,26 +61,21 @@ class Chunk:
 
 # --- finding the inputs ---------------------------------------------------------------------------
 def resolve_inputs(specs: list[str]) -> list[tuple[str, str]]:
-    """Command-line inputs -> [(kind, absolute path)] with kind folder | image | npy | idx.
+    """Command-line inputs -> [(kind, absolute path)], kind folder | image | npy | idx | missing.
 
     Accepts folders, files, globs and the data-spec prefixes `folder:`, `npy:` and `idx:`.
-    A path that does not exist and a glob that matches nothing are errors, raised before any work.
+    A path that does not exist and a glob that matches nothing are `missing`: the job gives each
+    one a row with its error (see `missing_reason`) and scores the rest.
     """
     resolved = []
     for spec in specs:
         kind, _, rest = spec.partition(":")
         forced = kind if kind in ("folder", *ARRAY_KINDS) and rest else None
         text = rest if forced else spec
-        if glob.has_magic(text):
-            matches = sorted(glob.glob(text, recursive=True))
-            if not matches:
-                msg = f"{text}: the pattern matches no files"
-                raise InputError(msg)
-        elif not os.path.exists(text):
-            msg = f"{text}: no such file or directory"
-            raise InputError(msg)
-        else:
-            matches = [text]
+        matches = sorted(glob.glob(text, recursive=True)) if glob.has_magic(text) else [text]
+        if not matches or not os.path.exists(matches[0]):
+            resolved.append(("missing", os.path.abspath(text)))
+            continue
         for match in matches:
             path = os.path.abspath(match)
             if forced:
@@ -94,6 +89,13 @@ def resolve_inputs(specs: list[str]) -> list[tuple[str, str]]:
             else:
                 resolved.append(("image", path))
     return resolved
+
+
+def missing_reason(path: str) -> str:
+    """The error row of an input that names nothing: a missing path or a glob without matches."""
+    if glob.has_magic(path):
+        return f"{path}: the pattern matches no files"
+    return f"{path}: no such file or directory"
 
 
 def _check_layout(source: ArrayFile, spec: InputSpec) -> None:
@@ -119,14 +121,16 @@ class InputSet:
         self.inputs = [
             pair
             for i, pair in enumerate(resolved)
-            if pair[0] in ("folder", "image") or pair not in resolved[:i]
+            if pair[0] in ("folder", "image", "missing") or pair not in resolved[:i]
         ]
         self.spec = spec
         self.work_dir = work_dir
         self.sources: dict[str, ArrayFile] = {}
         self.broken: dict[str, str] = {}
         for kind, path in self.inputs:
-            if kind in ARRAY_KINDS and path not in self.sources and path not in self.broken:
+            if kind == "missing":
+                self.broken[path] = missing_reason(path)
+            elif kind in ARRAY_KINDS and path not in self.sources and path not in self.broken:
                 try:
                     source = npy.open_npy(path) if kind == "npy" else idx.open_idx(path, work_dir)
                     _check_layout(source, spec)
@@ -137,7 +141,7 @@ class InputSet:
     def items(self) -> Iterator[Item]:
         # Overlapping inputs (a folder and a glob inside it) must not score a file twice. One input
         # cannot overlap itself, so only several file inputs pay for remembering the files seen.
-        file_inputs = sum(kind in ("folder", "image") for kind, _ in self.inputs)
+        file_inputs = sum(kind in ("folder", "image", "missing") for kind, _ in self.inputs)
         seen: set[str] | None = set() if file_inputs > 1 else None
         for kind, path in self.inputs:
             if kind == "folder":

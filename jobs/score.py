@@ -147,7 +147,7 @@ class _Stop:
             if self.requested:
                 raise KeyboardInterrupt
             self.requested = True
-            tqdm.write("stopping after this batch (Ctrl-C again to abort)")
+            tqdm.write("stopping after this batch (Ctrl-C again to abort)", file=sys.stderr)
 
         previous = signal.signal(signal.SIGINT, handler)
         try:

@@ -24,3 +24,24 @@ def alpha(text: str) -> float:
         return check_alpha(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that states each option's default, like argparse's ArgumentDefaultsHelpFormatter, but
+    only where there is one to state: not for flags (False) or options whose default is None."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" not in text
+            and action.option_strings
+            and default not in (None, False, argparse.SUPPRESS)
+        ):
+            text += " (default: %(default)s)"
+        return text.strip()
+
+
+def add_command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand whose --help states every default."""
+    return sub.add_parser(name, formatter_class=DefaultsFormatter, **kwargs)

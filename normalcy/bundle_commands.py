@@ -7,11 +7,11 @@ import json
 import sys
 from dataclasses import replace
 
-from .arguments import alpha, classes
+from .arguments import add_command, alpha, classes
 
 
 def add_info(sub) -> None:
-    p = sub.add_parser("info", help="print a bundle's metadata as JSON")
+    p = add_command(sub, "info", help="print a bundle's metadata as JSON")
     p.add_argument("bundle")
     p.add_argument(
         "--full", action="store_true", help="include calibration references and heat-map statistics"
@@ -35,8 +35,8 @@ def run_info(args) -> int:
 
 
 def add_evaluate(sub) -> None:
-    p = sub.add_parser(
-        "evaluate", help="AUROC and false-positive rate of a bundle on labelled data"
+    p = add_command(
+        sub, "evaluate", help="AUROC and false-positive rate of a bundle on labelled data"
     )
     p.add_argument("bundle")
     p.add_argument("--normal", help="data spec of normal images")
@@ -47,11 +47,13 @@ def add_evaluate(sub) -> None:
     p.add_argument("--normal-classes", type=classes)
     p.add_argument("--alpha", type=alpha)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run_evaluate)
 
 
 def run_evaluate(args) -> int:
     import numpy as np
+    from tqdm import tqdm
 
     from detectors import Detector
     from detectors.evaluation import evaluate, format_table
@@ -76,20 +78,32 @@ def run_evaluate(args) -> int:
     detector = Detector.load(args.bundle, device="cpu")
     # A conditional bundle scores each image given its own label from the data.
     labels_of = (lambda s: s.labels) if detector.conditional else (lambda s: None)
-    report = evaluate(
-        detector,
-        normal.images,
-        anomalous and anomalous.images,
-        alpha=args.alpha,
-        normal_labels=labels_of(normal),
-        anomalous_labels=anomalous and labels_of(anomalous),
-    )
+    total = len(normal) + (len(anomalous) if anomalous else 0)
+    # The bar of `normalcy score`, on stderr: stdout holds only the table or the JSON.
+    with tqdm(
+        total=total,
+        unit="img",
+        desc="scoring",
+        disable=args.no_progress,
+        smoothing=0.05,
+        dynamic_ncols=True,
+    ) as bar:
+        report = evaluate(
+            detector,
+            normal.images,
+            anomalous and anomalous.images,
+            alpha=args.alpha,
+            normal_labels=labels_of(normal),
+            anomalous_labels=anomalous and labels_of(anomalous),
+            on_batch=bar.update,
+        )
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0
 
 
 def add_calibrate(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "calibrate",
         help="recompute a bundle's calibration on new normal images (metadata only)",
         description="Score held-out normal images with the bundle's graph and store them as its "
@@ -116,7 +130,7 @@ def add_calibrate(sub) -> None:
         "--probability",
         choices=["isotonic", "logistic", "none"],
         default="isotonic",
-        help="with --anomalous: map from score to P(anomaly) (default isotonic)",
+        help="with --anomalous: map from score to P(anomaly)",
     )
     p.add_argument(
         "--anomaly-rate",
@@ -128,7 +142,9 @@ def add_calibrate(sub) -> None:
         "--score", help="score the operating point is chosen for (default: the bundle's default)"
     )
     p.add_argument("--out", help="write here instead of rewriting the bundle in place")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="ONNX Runtime provider"
+    )
     p.set_defaults(run=run_calibrate)
 
 

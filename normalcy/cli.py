@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from . import bundle_commands, jobs_commands, service_commands, training_commands
@@ -26,13 +27,27 @@ COMMANDS = [
 ]
 
 
+class _Version(argparse.Action):
+    """`--version`: the version that bundles record as their package_version."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from detectors import __version__
+
+        print(f"normalcy {__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="normalcy",
         description="Anomaly detection with explicit density models (PixelCNN, VAE), served from "
         "one ONNX file.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
@@ -48,13 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     from detectors.errors import BundleError, InputError
 
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # a closed pipe fails here, inside the try, not at exit
+        return code
     except (BundleError, InputError) as error:
         print(f"normalcy {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`normalcy info x.onnx | head`): stop quietly, as `cat` does. Point
+        # stdout at /dev/null so that Python's flush at exit does not fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # what a shell reports for a process ended by SIGPIPE
 
 
 if __name__ == "__main__":

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import sys
 
-from .arguments import alpha
+from .arguments import add_command, alpha
 
 
 def add_score(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "score",
         help="score folders, globs, .npy, IDX files into CSV/JSONL/Parquet",
         description="Score every input image with a bundle. Resumable: a job "
@@ -33,11 +34,15 @@ def add_score(sub) -> None:
         "(adds q_value; computed over all inputs when the job ends)",
     )
     p.add_argument("--score", help="score name (default: the bundle's)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, help="images per ONNX Runtime call")
     p.add_argument("--workers", type=int, default=2, help="decoding processes (0: one thread)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted job")
-    p.add_argument("--engine", choices=["local", "ray"], default="local")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument(
+        "--engine", choices=["local", "ray"], default="local", help="ray: Ray Data (the ray extra)"
+    )
+    p.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="ONNX Runtime provider"
+    )
     p.add_argument("--ray-address", help="Ray cluster to join (default: start a local Ray)")
     p.add_argument("--ray-actors", type=int, help="scoring actors (default: one per GPU, else one)")
     p.add_argument("--ray-cpus", type=int, help="CPUs of a local Ray the job starts (default: all)")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 
+from .arguments import add_command
+
 
 def add_serve(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "serve",
         help="serve every bundle in a folder over HTTP (scores, v2 protocol, metrics)",
         description="Flags override NORMALCY_* environment variables (NORMALCY_API_KEY, "
@@ -25,6 +28,23 @@ def add_serve(sub) -> None:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--no-access-log", dest="access_log", action="store_const", const=False)
     p.set_defaults(run=run_serve)
+
+
+# Settings whose flag is not their name with dashes.
+FLAG_NAMES = {"models_dir": "--models DIR", "access_log": "--no-access-log"}
+
+
+def _problem(error: dict, *, has_flag: set[str]) -> str:
+    """A settings error named by what the user sets: the flag and the environment variable."""
+    field = ".".join(map(str, error["loc"]))
+    if not field:
+        return error["msg"]
+    variable = f"NORMALCY_{field.upper()}"
+    flag = FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
+    where = f"{flag} or {variable}" if field in has_flag else variable
+    if error["type"] == "missing":
+        return f"{where} is required"
+    return f"{where}: {error['msg']}"
 
 
 def run_serve(args) -> int:
@@ -50,9 +70,7 @@ def run_serve(args) -> int:
     try:
         settings = Settings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors()
-        )
+        problems = "; ".join(_problem(e, has_flag=set(flags)) for e in error.errors())
         print(f"normalcy serve: bad settings: {problems}", file=sys.stderr)
         return 2
     logging.getLogger().setLevel(settings.log_level.upper())

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 
-from .arguments import alpha, classes
+from .arguments import add_command, alpha, classes
 
 
 def add_train(sub) -> None:
-    p = sub.add_parser(
-        "train", help="train a PixelCNN or VAE on normal images and write its bundle"
+    p = add_command(
+        sub, "train", help="train a PixelCNN or VAE on normal images and write its bundle"
     )
     p.add_argument("kind", choices=["pixelcnn", "vae"])
     p.add_argument(
@@ -18,15 +18,23 @@ def add_train(sub) -> None:
     )
     p.add_argument("--normal-classes", type=classes, help="keep only these labels, e.g. 0,1")
     p.add_argument("--out", required=True, help="FILE.onnx (the checkpoint goes beside it)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, default=10, help="passes over the training split")
+    p.add_argument("--batch-size", type=int, default=64, help="images per step (per process)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (Adam)")
     p.add_argument(
         "--patience", type=int, default=3, help="early stopping: epochs without improvement"
     )
-    p.add_argument("--max-minutes", type=float, help="wall-clock training budget")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        help="wall-clock budget of the training loop of the model (the PixelCNN's 3x3 local model "
+        "gets a quarter more), checked after every step; the validation pass of the epoch it stops, the export "
+        "and the calibration come after it. The summary reports their times apart: "
+        "train_seconds (training steps), validation_seconds (per-epoch validation), "
+        "calibration_seconds (export, calibration, validation through the graph), total_seconds",
+    )
+    p.add_argument("--seed", type=int, default=0, help="data splits, initial weights, batches")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="for training")
     p.add_argument(
         "--resume", action="store_true", help="continue from the checkpoint beside --out"
     )
@@ -42,7 +50,12 @@ def add_train(sub) -> None:
         action="store_true",
         help="class-conditional model: trained, calibrated and scored with labels",
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar and no line per epoch (on a file or pipe, the bar becomes a line "
+        "per epoch)",
+    )
     p.add_argument(
         "--no-report",
         action="store_true",
@@ -90,7 +103,8 @@ def run_train(args) -> int:
 
 
 def add_report(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "report",
         help="HTML page with figures: training curve, samples, "
         "reconstructions, score histograms, ROC, calibration",
@@ -114,9 +128,12 @@ def add_report(sub) -> None:
     )
     p.add_argument("--samples", type=int, default=64, help="images to sample")
     p.add_argument(
-        "--max-images", type=int, default=2000, help="score at most this many images per set"
+        "--max-images",
+        type=int,
+        default=2000,
+        help="score at most this many images per set (normal, anomalous), drawn at random",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling and the choice of images")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="for sampling")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run_report)
@@ -157,8 +174,8 @@ def run_report(args) -> int:
 
 
 def add_demo(sub) -> None:
-    p = sub.add_parser(
-        "demo", help="train both models on the bundled digits and print their quality"
+    p = add_command(
+        sub, "demo", help="train both models on the bundled digits and print their quality"
     )
     p.add_argument("--out", default="runs/demo", help="folder for the bundles")
     p.add_argument("--quick", action="store_true", help="tiny models, a few epochs (for tests)")

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from detectors import Detector
 from detectors.errors import InputError
+from detectors.histogram import LOWER_PERCENTILE, UPPER_PERCENTILE
 from detectors.sources import ImageSet
 
 from .plots import plot_calibration, plot_histograms, plot_image_rows, plot_roc
@@ -200,16 +201,22 @@ def score_figures(
         anomalous=anomalous_what,
         thresholds=thresholds,
     )
+    histograms, limits = plot_histograms(
+        normal_scores, anomalous_scores, thresholds, detector.default_score, alpha, out
+    )
+    report.metrics["histogram_limits"] = limits
+    beyond = sum(sum(s["below"].values()) + sum(s["above"].values()) for s in limits.values())
     report.figures.append(
         Plot(
-            plot_histograms(
-                normal_scores, anomalous_scores, thresholds, detector.default_score, alpha, out
-            ),
+            histograms,
             "Scores",
             f"Raw scores of {len(normal)} normal images"
             + (f" and of {anomalous_what}" if anomalous_scores else "")
             + f"; the dashed line is each score's threshold at alpha = {alpha:g} "
-            "(anomaly iff score > threshold).",
+            "(anomaly iff score > threshold). Each axis spans the "
+            f"{LOWER_PERCENTILE:g}th to {UPPER_PERCENTILE:g}th percentile of that score's values "
+            "(normal and anomalous together); values beyond it are drawn in the edge bins and "
+            f"counted in the corners ({beyond} in all; report.json has them per score).",
         )
     )
     if anomalous_scores is not None:

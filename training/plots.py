@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from detectors.calibration import conformal_p_values
+from detectors.histogram import HistogramLimits, robust_limits
 
 ALPHAS = np.geomspace(0.001, 0.5, 40)
 
@@ -45,14 +46,16 @@ def _save(fig: Figure, out: Path, name: str) -> str:
     return name
 
 
-def plot_history(history: list[dict], out: Path) -> str:
-    epochs = [row["epoch"] for row in history]
+def plot_history(
+    epochs: list[int], train: list[float], validation: list[float], ylabel: str, out: Path
+) -> str:
+    """The training objective per epoch on the training batches and the validation split."""
     fig = _figure((6, 3.6))
     ax = fig.subplots()
-    ax.plot(epochs, [row["train_bits_per_dim"] for row in history], "o-", label="training")
-    ax.plot(epochs, [row["validation_bits_per_dim"] for row in history], "s-", label="validation")
+    ax.plot(epochs, train, "o-", label="training")
+    ax.plot(epochs, validation, "s-", label="validation")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("bits/dim")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, out, "history.png")
@@ -69,32 +72,67 @@ def plot_image_rows(rows: list[tuple[str, np.ndarray]], out: Path, name: str, co
     return _save(fig, out, name)
 
 
+def _outside_note(ax, limits: HistogramLimits, samples: dict[str, np.ndarray]) -> None:
+    """Write in the plot's corners how many values of each sample lie beyond each limit."""
+    counts = {label: limits.outside(values) for label, values in samples.items()}
+    for side, x, align in ((0, 0.01, "left"), (1, 0.99, "right")):
+        parts = [f"{c[side]} {label}" for label, c in counts.items() if c[side]]
+        if parts:
+            arrow = "< " if side == 0 else ""
+            text = f"{arrow}{', '.join(parts)} {'below' if side == 0 else 'above'}"
+            ax.text(
+                x,
+                0.97,
+                text + ("" if side == 0 else " >"),
+                transform=ax.transAxes,
+                ha=align,
+                va="top",
+                fontsize=7,
+                color="0.3",
+            )
+
+
+def _threshold_line(ax, threshold: float, limits: HistogramLimits, alpha: float) -> None:
+    """The threshold as a dashed line; one beyond the axis is drawn on its edge and says so."""
+    if not math.isfinite(threshold):
+        ax.plot([], [], color="k", ls="--", lw=1, label=f"threshold: none at alpha={alpha:g}")
+        return
+    label = f"threshold {threshold:.4g} (alpha={alpha:g})"
+    x = min(max(threshold, limits.low), limits.high)
+    if x != threshold:
+        label += ", beyond the axis"
+    ax.axvline(x, color="k", ls="--", lw=1, label=label)
+
+
 def plot_histograms(
     normal: dict, anomalous: dict | None, thresholds: dict, default: str, alpha: float, out: Path
-) -> str:
+) -> tuple[str, dict]:
+    """One histogram per score over robust limits (detectors.histogram): values beyond them are
+    drawn in the edge bins and counted in the corners. Returns the file and, per score, the limits
+    and how many normal and anomalous values each cut off."""
     names = list(normal)
     columns = min(3, len(names))
     rows = math.ceil(len(names) / columns)
     fig = _figure((4.2 * columns, 3.2 * rows))
     axes = fig.subplots(rows, columns, squeeze=False)
+    stated = {}
     for ax, name in zip(axes.flat, names, strict=False):
-        values = [normal[name]] + ([anomalous[name]] if anomalous else [])
-        finite = np.concatenate(values)
-        bins = np.linspace(finite.min(), finite.max(), 41)
-        ax.hist(normal[name], bins=bins, alpha=0.6, density=True, label="normal")
-        if anomalous:
-            ax.hist(anomalous[name], bins=bins, alpha=0.6, density=True, label="anomalous")
-        if math.isfinite(thresholds[name]):
-            ax.axvline(
-                thresholds[name], color="k", ls="--", lw=1, label=f"threshold (alpha={alpha:g})"
-            )
+        samples = {"normal": normal[name]} | ({"anomalous": anomalous[name]} if anomalous else {})
+        limits = robust_limits(*samples.values())
+        for label, values in samples.items():
+            ax.hist(limits.clip(values), bins=limits.bins(), alpha=0.6, density=True, label=label)
+        _threshold_line(ax, thresholds[name], limits, alpha)
+        _outside_note(ax, limits, samples)
+        stated[name] = limits.to_json(samples)
+        ax.set_xlim(limits.low, limits.high)
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.15)  # room for the counts in the corners
         ax.set_title(name + (" (default)" if name == default else ""), fontsize=10)
         ax.set_xlabel("raw score (higher = more anomalous)", fontsize=8)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(names) :]:
         ax.set_axis_off()
     fig.tight_layout()
-    return _save(fig, out, "scores.png")
+    return _save(fig, out, "scores.png"), stated
 
 
 def plot_roc(normal: dict, anomalous: dict, out: Path) -> tuple[str, dict]:

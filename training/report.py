@@ -24,10 +24,25 @@ from detectors import Detector
 from detectors.bundle import Bundle
 from detectors.errors import InputError
 from detectors.sources import ImageSet, load
+from detectors.spec import BundleSpec
 
 from .figures import Plot, Report, generated_figures, score_figures
 from .plots import plot_history
-from .train import model_from_checkpoint, resolve_device
+from .train import (
+    OBJECTIVES,
+    history_curve,
+    history_objective,
+    interactive,
+    model_from_checkpoint,
+    resolve_device,
+)
+
+# What each figure is, in words, by the name the bundle gives that score.
+OBJECTIVE_NAMES = {
+    "nll": "exact negative log-likelihood",
+    "neg_elbo": "negative ELBO, one sample",
+    "iwae": "importance-weighted bound",
+}
 
 
 def find_artifacts(source: str | Path) -> tuple[Path | None, Path | None]:
@@ -99,6 +114,25 @@ def write_page(report: Report, title: str, facts: list[tuple[str, str]]) -> None
     report.page.write_text("\n".join(parts))
 
 
+def validation_facts(spec: BundleSpec) -> list[tuple[str, str]]:
+    """The validation bits/dim a bundle records, each named for what it is: the training
+    objective of the best epoch (torch) and the bundle's likelihood score through its graph."""
+    training, likelihood = spec.training, spec.likelihood_score
+    samples = f", K = {spec.noise.samples}" if spec.noise else ""
+    figures = {likelihood: (training.validation_bits_per_dim_onnx, "through the bundle's graph")}
+    objective = training.extra.get("objective", OBJECTIVES[spec.model.kind])
+    if objective != likelihood:
+        figures[objective] = (training.validation_bits_per_dim, "training's best epoch")
+    return [
+        (
+            f"val_{name}_bits_per_dim",
+            f"{float('nan') if bits is None else bits:.4f} "
+            f"({OBJECTIVE_NAMES.get(name, name)}{samples if name == 'iwae' else ''}; {where})",
+        )
+        for name, (bits, where) in sorted(figures.items(), key=lambda kv: kv[0] != objective)
+    ]
+
+
 def make_report(
     source: str | Path,
     normal: ImageSet,
@@ -112,6 +146,7 @@ def make_report(
     progress: bool = True,
 ) -> Report:
     """Write `out/index.html`, its PNG figures and `report.json` for a bundle or checkpoint."""
+    progress = progress and interactive()  # bars on a terminal, never \r updates into a file
     bundle_path, checkpoint_path = find_artifacts(source)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -138,12 +173,20 @@ def make_report(
         bar.set_postfix_str(step)
         if step == "history":
             if history:
+                objective = OBJECTIVE_NAMES.get(history_objective(history) or OBJECTIVES[kind])
                 report.figures.append(
                     Plot(
-                        plot_history(history, out),
+                        plot_history(
+                            [row["epoch"] for row in history],
+                            history_curve(history, "train"),
+                            history_curve(history, "val"),
+                            f"{objective}, bits/dim",
+                            out,
+                        ),
                         "Training",
-                        "Mean bits/dim per epoch on the training batches and "
-                        "the validation split (lower is better).",
+                        f"The training objective ({objective}, bits/dim) per epoch: its mean "
+                        "over the training batches and over the validation split (lower is "
+                        "better).",
                     )
                 )
             else:
@@ -190,14 +233,12 @@ def make_report(
         ("anomalous images", report.metrics.get("anomalous") or "none"),
     ]
     if bundle:
-        training = bundle.spec.training
-        bits = training.validation_bits_per_dim_onnx
         facts += [
             ("bundle version", bundle.version),
             ("default score", bundle.spec.default_score),
-            ("trained on", str(training.data)),
-            ("epochs", str(training.epochs)),
-            ("validation bits/dim", f"{float('nan') if bits is None else bits:.4f}"),
+            ("trained on", str(bundle.spec.training.data)),
+            ("epochs", str(bundle.spec.training.epochs)),
+            *validation_facts(bundle.spec),
         ]
         if classes and bundle.spec.labels:
             facts.append(("conditional", f"yes: classes {classes}"))

@@ -1,5 +1,11 @@
 """The training loop shared by the PixelCNN and the VAE: Adam, warm-up then cosine decay, gradient
-clipping, validation bits/dim every epoch, early stopping on it, checkpoints that resume.
+clipping, the objective on the validation split every epoch, early stopping on it, checkpoints that
+resume.
+
+The objective is named as the bundle names that score: `nll` (the PixelCNN's exact negative
+log-likelihood) or `neg_elbo` (the VAE's one-sample negative ELBO), in bits/dim. The bundle's own
+likelihood score for the VAE is a tighter bound (`iwae`, K samples), so the two VAE figures differ
+and carry different names (`val_neg_elbo_bits_per_dim`, `val_iwae_bits_per_dim`).
 
 A checkpoint is a plain dict of tensors and numbers (it loads with `weights_only=True`) holding the
 model's hyperparameters, so it rebuilds its own model.
@@ -9,6 +15,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +30,7 @@ from .data import ImageSet, Splits
 from .models import VAE, PixelCNN, PixelCNNConfig, VAEConfig
 
 MODEL_KINDS = {"pixelcnn": (PixelCNN, PixelCNNConfig), "vae": (VAE, VAEConfig)}
+OBJECTIVES = {"pixelcnn": "nll", "vae": "neg_elbo"}  # what `objective` computes, per kind
 
 
 @dataclass
@@ -36,18 +44,48 @@ class TrainConfig:
     patience: int = 3  # epochs without a better validation score before stopping
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    max_minutes: float | None = None  # wall-clock budget; stops after the step that passes it
+    # Wall-clock budget of this loop (steps and the validation of earlier epochs): it stops after
+    # the step that passes it; that epoch's validation pass still runs.
+    max_minutes: float | None = None
     conditional: bool = False  # feed labels to a class-conditional model
 
 
 @dataclass
 class TrainResult:
     epochs: int  # epochs completed (a budget stop counts the partial epoch)
-    best_validation_bits_per_dim: float
-    history: list[dict] = field(
-        default_factory=list
-    )  # per epoch: train/validation bits/dim, seconds
+    best_validation_bits_per_dim: float  # the objective (see OBJECTIVES) on the validation split
+    # Per epoch: epoch, train_<objective>_bits_per_dim, val_<objective>_bits_per_dim,
+    # train_seconds (the steps), validation_seconds (the validation pass).
+    history: list[dict] = field(default_factory=list)
     stopped: str = "epochs"  # epochs | early_stopping | budget
+    objective: str = "nll"  # nll | neg_elbo
+    train_seconds: float = 0.0  # in training steps, this run
+    validation_seconds: float = 0.0  # in validation passes, this run
+
+
+def history_curve(history: list[dict], split: str) -> list[float]:
+    """The objective per epoch on `split` ("train" or "val") from a history, whatever it was
+    named: rows written before the objective was named say train_ / validation_bits_per_dim."""
+    legacy = {"train": "train_bits_per_dim", "val": "validation_bits_per_dim"}[split]
+    curve = []
+    for row in history:
+        named = [k for k in row if k.startswith(f"{split}_") and k.endswith("_bits_per_dim")]
+        curve.append(row[named[0]] if named else row[legacy])
+    return curve
+
+
+def history_objective(history: list[dict]) -> str | None:
+    """The objective a history's rows name (nll, neg_elbo), or None for rows that do not say."""
+    for key in history[-1] if history else ():
+        if key.startswith("val_") and key.endswith("_bits_per_dim"):
+            return key.removeprefix("val_").removesuffix("_bits_per_dim")
+    return None
+
+
+def interactive(stream=None) -> bool:
+    """Whether progress goes to a terminal (a bar) or to a file or pipe (a line per epoch)."""
+    stream = stream or sys.stderr
+    return bool(getattr(stream, "isatty", lambda: False)())
 
 
 def seed_everything(seed: int) -> None:
@@ -196,6 +234,10 @@ def fit(
     use_amp = device.type == "cuda"
     step_loss = distributed.wrap(Objective(model), world, device)
     stopped = "epochs"
+    objective_name = OBJECTIVES[kind]
+    # On a terminal, a bar per epoch; on a file or pipe only the line per epoch (no \r updates).
+    bar_shown = progress and interactive()
+    seconds = {"train": 0.0, "validation": 0.0}  # this run's, for the summary
     while state["epoch"] < cfg.epochs and stopped == "epochs":
         model.train()
         epoch_start = time.monotonic()
@@ -207,7 +249,7 @@ def fit(
         bar = tqdm(
             range(steps_per_epoch),
             desc=f"{kind} epoch {state['epoch'] + 1}/{cfg.epochs}",
-            disable=not progress,
+            disable=not bar_shown,
             leave=False,
             unit="batch",
         )
@@ -225,27 +267,34 @@ def fit(
                 clock.sync()
             scheduler.step()
             losses.append(loss.item())
-            bar.set_postfix(bits_per_dim=f"{np.mean(losses[-20:]):.3f}")
+            bar.set_postfix({f"{objective_name}_bits_per_dim": f"{np.mean(losses[-20:]):.3f}"})
             if cfg.max_minutes is not None and clock.elapsed() > 60 * cfg.max_minutes:
                 stopped = "budget"
                 break
+        bar.close()
+        validation_start = time.monotonic()
         val = evaluate_bits_per_dim(
             model, splits.validation, device=device, conditional=cfg.conditional, world=world
         )
         loss_sum, loss_count = distributed.all_sum([float(np.sum(losses)), len(losses)], world)
         state["epoch"] += 1
-        state["history"].append(
-            {
-                "epoch": state["epoch"],
-                "train_bits_per_dim": loss_sum / loss_count,
-                "validation_bits_per_dim": val,
-                "seconds": time.monotonic() - epoch_start,
-            }
-        )
+        row = {
+            "epoch": state["epoch"],
+            f"train_{objective_name}_bits_per_dim": loss_sum / loss_count,
+            f"val_{objective_name}_bits_per_dim": val,
+            "train_seconds": validation_start - epoch_start,
+            "validation_seconds": time.monotonic() - validation_start,
+        }
+        state["history"].append(row)
+        seconds["train"] += row["train_seconds"]
+        seconds["validation"] += row["validation_seconds"]
         if progress:
             tqdm.write(
-                f"{kind} epoch {state['epoch']}: train {loss_sum / loss_count:.4f} "
-                f"validation {val:.4f} bits/dim"
+                f"{kind} epoch {state['epoch']}/{cfg.epochs}: {objective_name} bits/dim "
+                f"train {loss_sum / loss_count:.4f}, val {val:.4f} "
+                f"({row['train_seconds']:.1f} s training, {row['validation_seconds']:.1f} s "
+                "validation)",
+                file=sys.stderr,
             )
         if val < state["best_val"]:
             state.update(
@@ -265,7 +314,15 @@ def fit(
     if state["best_state"] is not None:  # None only if every validation score was NaN
         model.load_state_dict(state["best_state"])
     model.eval()
-    return model, TrainResult(state["epoch"], state["best_val"], state["history"], stopped)
+    return model, TrainResult(
+        state["epoch"],
+        state["best_val"],
+        state["history"],
+        stopped,
+        objective=objective_name,
+        train_seconds=seconds["train"],
+        validation_seconds=seconds["validation"],
+    )
 
 
 def save_checkpoint(path, kind, model_config, cfg, model, optimizer, scheduler, state, extra=None):

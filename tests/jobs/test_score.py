@@ -170,12 +170,23 @@ def test_overlapping_inputs_score_a_file_once(vae_bundle, inputs, tmp_path):
     assert len(rows) == 70 == len(set(keys(rows)))
 
 
-def test_missing_inputs_and_bad_options_fail_before_any_work(vae_bundle, tmp_path, capsys):
+def test_a_missing_input_is_an_error_row_and_the_job_goes_on(vae_bundle, inputs, tmp_path):
+    folder, _ = inputs
+    missing, no_match = tmp_path / "missing.png", tmp_path / "nothing" / "*.png"
+    specs = [folder / "pngs", missing, f"npy:{tmp_path / 'gone.npy'}", no_match, missing]
+    rows = score(vae_bundle, specs, tmp_path / "r.csv")
+    errors = {row["input"]: row["error"] for row in rows if row["error"]}
+    assert len(rows) == 40 + 3  # the missing file listed twice is one row
+    assert errors == {
+        str(missing): f"{missing}: no such file or directory",
+        str(tmp_path / "gone.npy"): f"{tmp_path / 'gone.npy'}: no such file or directory",
+        str(no_match): f"{no_match}: the pattern matches no files",
+    }
+    assert all(row["score"] is not None for row in rows if not row["error"])
+
+
+def test_bad_options_fail_before_any_work(vae_bundle, tmp_path, capsys):
     out = tmp_path / "r.csv"
-    assert main(["score", str(vae_bundle), str(tmp_path / "nope"), "--out", str(out)]) == 2
-    assert "no such file" in capsys.readouterr().err
-    assert main(["score", str(vae_bundle), str(tmp_path / "*.png"), "--out", str(out)]) == 2
-    assert "matches no files" in capsys.readouterr().err
     assert main(["score", str(vae_bundle), str(tmp_path), "--out", str(tmp_path / "r.xlsx")]) == 2
     assert main(["score", str(vae_bundle), str(tmp_path), "--out", str(out), "--score", "x"]) == 2
     assert "unknown score" in capsys.readouterr().err
@@ -272,10 +283,12 @@ def test_ctrl_c_stops_cleanly_keeping_what_was_scored(vae_bundle, big_inputs, tm
     process = start_job(vae_bundle, big_inputs, out)
     wait_for_rows(journal, process, 40)
     process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=60) == 130
-    stderr = process.communicate()[1].decode()
+    stdout, stderr = (stream.decode() for stream in process.communicate(timeout=60))
+    assert process.returncode == 130
     assert "Traceback" not in stderr
+    assert "stopping after this batch" in stderr
     assert "--resume" in stderr
+    assert json.loads(stdout)["complete"] is False  # stdout holds the JSON summary and nothing else
     partial = read_results(out)  # what was scored is written out, and kept for --resume
     assert 40 <= len(partial) < 6300
     assert journal.read_bytes().count(b"\n") == len(partial)

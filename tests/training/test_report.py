@@ -4,13 +4,18 @@ checkpoint beside it, saying what it left out; `normalcy train` writes one unles
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from detectors.bundle import Bundle
 from detectors.sources import load_digits
+from detectors.spec import BundleSpec
 from normalcy.cli import main
-from training.report import make_report, report_from_specs
+from training.report import make_report, report_from_specs, validation_facts
+
+OLD_METADATA = Path(__file__).parents[1] / "detectors" / "data" / "main_metadata.json"
 
 
 def figures_on(page):
@@ -150,3 +155,21 @@ def test_train_writes_a_report_beside_the_bundle_unless_told_not_to(tmp_path, ca
     assert main([*common, "--out", str(tmp_path / "b.onnx"), "--no-report"]) == 0
     assert "report" not in json.loads(capsys.readouterr().out)
     assert not (tmp_path / "b-report").exists()
+
+
+def test_each_validation_figure_is_named_for_what_it_is(vae_bundle, pixelcnn_bundle):
+    vae = dict(validation_facts(Bundle.read(vae_bundle).spec))
+    assert list(vae) == ["val_neg_elbo_bits_per_dim", "val_iwae_bits_per_dim"]
+    assert "one sample; training's best epoch" in vae["val_neg_elbo_bits_per_dim"]
+    assert "K = 4; through the bundle's graph" in vae["val_iwae_bits_per_dim"]
+    assert vae["val_neg_elbo_bits_per_dim"][:6] != vae["val_iwae_bits_per_dim"][:6]
+    # The PixelCNN trains on the exact NLL, and its bundle's likelihood is that NLL: one figure.
+    assert list(dict(validation_facts(Bundle.read(pixelcnn_bundle).spec))) == [
+        "val_nll_bits_per_dim"
+    ]
+    # Bundles written before the figures were named say the same.
+    old = BundleSpec.from_json(json.loads(OLD_METADATA.read_text())["vae"], "old")
+    assert list(dict(validation_facts(old))) == [
+        "val_neg_elbo_bits_per_dim",
+        "val_iwae_bits_per_dim",
+    ]
