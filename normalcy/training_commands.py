@@ -29,7 +29,8 @@ def add_train(sub) -> None:
         type=float,
         help="wall-clock budget of the training loop of the model (the PixelCNN's 3x3 local model "
         "gets a quarter more), checked after every step; the validation pass of the epoch it "
-        "stops, the export and the calibration come after it. The summary reports their times apart: "
+        "stops, the export and the calibration come after it. The summary reports their times "
+        "apart: "
         "train_seconds (training steps), validation_seconds (per-epoch validation), "
         "calibration_seconds (export, calibration, validation through the graph), total_seconds",
     )
