@@ -53,22 +53,22 @@ MODELS = {
 ALPHAS = (0.001, 0.01, 0.05)
 
 
-def load(name: str, split: str):
+def load(datasets: str, name: str, split: str):
     from detectors.sources import load_idx
 
     prefix = "train" if split == "train" else "t10k"
-    data = load_idx(str(DATASETS / name / f"{prefix}-images-idx3-ubyte.gz"))
+    data = load_idx(str(Path(datasets) / name / f"{prefix}-images-idx3-ubyte.gz"))
     return data.images, data.labels
 
 
-def units(quick: bool) -> list[dict]:
+def units(quick: bool, datasets: str = str(DATASETS)) -> list[dict]:
     """The protocol's units: which images are normal in training and which are tested."""
     rng = np.random.default_rng(0)
     out = []
     classes = [0, 2, 8] if quick else range(10)
     for dataset in ("mnist", "fashion-mnist"):
-        train_x, train_y = load(dataset, "train")
-        test_x, test_y = load(dataset, "test")
+        train_x, train_y = load(datasets, dataset, "train")
+        test_x, test_y = load(datasets, dataset, "test")
         for cls in classes:
             others = np.flatnonzero(test_y != cls)
             # Stratified: the same number from each other class.
@@ -90,9 +90,9 @@ def units(quick: bool) -> list[dict]:
                     "anomalous": test_x[anomalous],
                 }
             )
-    fashion_x, _ = load("fashion-mnist", "train")
-    fashion_test, _ = load("fashion-mnist", "test")
-    mnist_test, _ = load("mnist", "test")
+    fashion_x, _ = load(datasets, "fashion-mnist", "train")
+    fashion_test, _ = load(datasets, "fashion-mnist", "test")
+    mnist_test, _ = load(datasets, "mnist", "test")
     out.append(
         {
             "protocol": "pair",
@@ -200,6 +200,9 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="runs/quality-cpu")
     parser.add_argument("--quick", action="store_true", help="3 classes per data set")
     parser.add_argument("--device", default="cpu", help="training device: cpu or cuda")
+    parser.add_argument(
+        "--datasets", default=str(DATASETS), help="folder holding mnist/ and fashion-mnist/"
+    )
     parser.add_argument("--vae-epochs", type=int, default=8, help="training epochs per VAE")
     parser.add_argument(
         "--pixelcnn-epochs",
@@ -215,7 +218,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    all_units = units(args.quick)
+    all_units = units(args.quick, args.datasets)
     records = [{k: unit[k] for k in ("protocol", "dataset", "normal_class")} for unit in all_units]
     # Peers first, then every VAE, then every PixelCNN; the files are rewritten after each model,
     # so a run that is stopped keeps what it measured.
