@@ -10,12 +10,14 @@ Protocols:
   fpr       the default score's measured false-positive rate on the normal test images at
             alpha 0.001, 0.01 and 0.05, with its binomial 95% interval.
 
-Models train through the product's own pipeline (training.pipeline.run: training, the local model,
-the fitted densities, export, calibration on two held-out halves) for a fixed number of epochs
-(the budget is stated in epochs, so the figures do not depend on the machine's load), and are
-scored through ONNX Runtime exactly as served. Nothing is chosen on the test images: the default
-(combined) score and its members were fixed before this run on development splits whose anomalies
-are other classes' training images (training/scores.py).
+Models train with the product's own steps (those of training.pipeline.run but the file: training,
+the local model, the fitted densities, the bundle's scores, calibration on two held-out halves) for
+a fixed number of epochs (the budget is stated in epochs, so the figures do not depend on the
+machine's load), and are scored by the torch modules that are exported, with the runtime's own
+derivation of scores (the export adds nothing here: its parity with torch is tested in
+tests/training/test_export.py). Nothing is chosen on the test images: the default (combined)
+score and its members were fixed before this run on development splits whose anomalies are other
+classes' training images (training/scores.py).
 
     PYTHONPATH=. python benchmarks/quality.py --out runs/quality                 # CPU protocol
     PYTHONPATH=. python benchmarks/quality.py --quick --out runs/quality-quick   # 3 classes each
@@ -32,7 +34,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -154,45 +155,84 @@ def _metrics(normal, anomalous, started) -> dict:
     }
 
 
-def run_model(kind: str, unit: dict, epochs: int, workdir: Path, device: str = "cpu") -> dict:
-    """Train `kind` on the unit's normal images through the product pipeline, then score."""
-    from detectors import Detector
-    from training.pipeline import TrainJob, run
-    from training.train import TrainConfig
+def run_model(kind: str, unit: dict, epochs: int, device: str = "cpu") -> dict:
+    """Train `kind` on the unit's normal images with the product's own steps (training/pipeline.py
+    without the file: fit, the local model, the fitted densities, the bundle's scores, calibration
+    on two halves), then score the test images with the modules that are exported."""
+    from detectors.calibration import conformal_p_values
+    from detectors.fitting import combined_scores, with_reference
+    from detectors.sources import ImageSet
+    from detectors.spec import TrainingFacts
+    from training.data import split
+    from training.densities import fit_statistics, local_config
+    from training.export import base_spec, scoring_graph
+    from training.pipeline import model_config
+    from training.train import TrainConfig, fit
 
     started = time.monotonic()
-    data = workdir / f"{kind}_train.npy"
-    np.save(data, unit["train"])
-    job = TrainJob(
-        kind,
-        f"npy:{data}",
-        str(workdir / f"{kind}.onnx"),
-        model=MODELS[kind],
-        train=TrainConfig(epochs=epochs, device=device, patience=epochs),
-        progress=False,
+    data = ImageSet(images=unit["train"], labels=None, source=f"{unit['dataset']} train")
+    splits = split(data, seed=0, validation=0.1, calibration=0.2)  # the pipeline's fractions
+    config = model_config(kind, data, MODELS[kind])
+    cfg = TrainConfig(epochs=epochs, device=device, patience=epochs)
+    model, result = fit(kind, config, splits, cfg, progress=False)
+    local = None
+    if kind == "pixelcnn":
+        local, _ = fit(kind, local_config(config), splits, cfg, progress=False)
+        local = local.cpu().eval()
+    train_seconds = time.monotonic() - started
+    shape = tuple(int(d) for d in data.images.shape[1:])
+    spec = base_spec(
+        kind, model, shape, statistics=True, samples=4, alpha=0.01, training=TrainingFacts()
     )
-    bundle, summary = run(job)
-    detector = Detector(bundle, device="cpu")
-    normal, _ = detector.raw_scores_batched(unit["normal"])
-    anomalous, _ = detector.raw_scores_batched(unit["anomalous"])
+    statistics = fit_statistics(kind, model, splits.train.images, local=local, noise=spec.noise)
+    graph = scoring_graph(kind, model.cpu().eval(), statistics=statistics).eval()
+
+    def raw(images: np.ndarray) -> dict[str, np.ndarray]:
+        return graph_scores(graph, spec, images)
+
+    spec = with_reference(spec, raw(splits.calibration.images))
+    normal = combined_scores(spec, raw(unit["normal"]))
+    anomalous = combined_scores(spec, raw(unit["anomalous"]))
     scores = {
         name: {
             "auroc": auroc(normal[name], anomalous[name]),
             "tpr_at_1pct_fpr": tpr_at_fpr(normal[name], anomalous[name]),
         }
-        for name in detector.score_names
+        for name in spec.scores
     }
-    p_values = detector.score(unit["normal"]).p_values  # the default (combined) score
-    fpr = {str(a): int(np.sum(p_values <= a)) for a in ALPHAS}
+    default = spec.default_score
+    p_values = conformal_p_values(normal[default], np.asarray(spec.scores[default].reference))
     return {
-        "default": detector.default_score,
+        "default": default,
         "scores": scores,
-        "fpr_flagged": fpr,
+        "fpr_flagged": {str(a): int(np.sum(p_values <= a)) for a in ALPHAS},
         "n_normal": len(unit["normal"]),
-        "train_seconds": summary["train_seconds"],
-        "epochs": summary["epochs"],
+        "train_seconds": round(train_seconds, 1),
+        "epochs": result.epochs,
         "seconds": round(time.monotonic() - started, 1),
     }
+
+
+def graph_scores(graph, spec, images: np.ndarray, batch: int = 256) -> dict[str, np.ndarray]:
+    """The raw graph scores of `images`: the exported module run by torch (its ONNX Runtime parity
+    is tested in tests/training/test_export.py), then the runtime's own derivation of scores."""
+    import torch
+
+    from detectors.runtime import scores_from_outputs, vae_noise
+
+    names = graph.output_names()
+    parts: dict[str, list[np.ndarray]] = {}
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            x = images[start : start + batch]
+            args = (torch.from_numpy(np.ascontiguousarray(x)),)
+            if spec.noise is not None:
+                args += (torch.from_numpy(vae_noise(spec.noise, len(x))),)
+            for name, value in zip(names, graph(*args), strict=True):
+                if not name.endswith("_map"):
+                    parts.setdefault(name, []).append(value.double().numpy())
+    outputs = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    return scores_from_outputs(spec.scores, spec.graph_scores, outputs, images=images)
 
 
 def main(argv=None) -> None:
@@ -226,8 +266,7 @@ def main(argv=None) -> None:
         record["peers"] = peers(unit)
     for kind in MODELS:
         for record, unit in zip(records, all_units, strict=True):
-            with tempfile.TemporaryDirectory() as tmp:
-                record[kind] = run_model(kind, unit, budgets[kind], Path(tmp), args.device)
+            record[kind] = run_model(kind, unit, budgets[kind], args.device)
             print(
                 kind,
                 json.dumps(record["normal_class"]),
