@@ -24,6 +24,7 @@ from .batcher import Arrival, BatchStats, MicroBatcher
 from .errors import ApiError
 from .metrics import Metrics
 from .settings import Settings
+from .statistics import ModelStatistics
 
 Signature = tuple[int, int]  # (mtime_ns, size): cheap change detection before hashing
 
@@ -46,6 +47,7 @@ class ServedModel:
         self.detector = detector
         self.metrics = metrics
         self.loaded_at = time.time()
+        self.statistics = ModelStatistics()
         self.drift = DriftMonitor(
             settings.drift_window,
             settings.drift_min_samples,
@@ -94,6 +96,16 @@ class ServedModel:
     ) -> ScoreResult:
         """Score images through the micro-batcher; ApiError for what the caller got wrong, Rejected
         when the batcher cannot take the work. A conditional model needs one label per image."""
+        started = time.perf_counter()
+        try:
+            result = await self._score(images, score, alpha, heatmap, arrival, labels)
+        except Exception:
+            self.statistics.request_done(time.perf_counter() - started, images=0, ok=False)
+            raise
+        self.statistics.request_done(time.perf_counter() - started, images=len(result), ok=True)
+        return result
+
+    async def _score(self, images, score, alpha, heatmap, arrival, labels) -> ScoreResult:
         detector = self.detector
         try:
             name = detector.score_name(score)
@@ -140,6 +152,7 @@ class ServedModel:
         self.drift.update(result.p_values)
 
     def _observe_batch(self, stats: BatchStats) -> None:
+        self.statistics.batch_done(stats.seconds)
         self.metrics.inference_duration.labels(self.name).observe(stats.seconds)
         self.metrics.batch_size.labels(self.name).observe(stats.images)
 

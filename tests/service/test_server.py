@@ -109,6 +109,49 @@ def test_the_official_triton_client_works(model_dir, start_server, digit_images)
         client.close()
 
 
+def test_the_triton_client_reads_v2_errors_config_and_statistics(
+    model_dir, start_server, digit_images
+):
+    httpclient = pytest.importorskip("tritonclient.http")
+    from tritonclient.utils import InferenceServerException
+
+    server = start_server(model_dir)
+    client = httpclient.InferenceServerClient(url=server.url.removeprefix("http://"))
+    try:
+        config = client.get_model_config("vae")
+        assert config["name"] == "vae"
+        assert config["input"][0]["data_type"] == "TYPE_UINT8"
+        assert config["input"][0]["dims"] == list(digit_images.shape[1:])
+        assert {o["name"] for o in config["output"]} >= {"score", "p_value", "is_anomaly"}
+        assert config["max_batch_size"] >= 1
+
+        tensor = httpclient.InferInput("images", list(digit_images.shape), "UINT8")
+        tensor.set_data_from_numpy(digit_images)
+        client.infer("vae", [tensor])
+        stats = client.get_inference_statistics("vae")["model_stats"]
+        assert [s["name"] for s in stats] == ["vae"]
+        assert stats[0]["inference_count"] == len(digit_images)
+        assert stats[0]["inference_stats"]["success"]["count"] == 1
+        every = client.get_inference_statistics()["model_stats"]
+        assert {s["name"] for s in every} == {"pixelcnn", "vae"}
+
+        # Errors carry a plain string, which the client prints as "[status] message".
+        with pytest.raises(InferenceServerException) as unknown:
+            client.get_model_config("nope")
+        assert unknown.value.status() == "404"
+        assert str(unknown.value).startswith("[404] unknown model 'nope'")
+        wrong = httpclient.InferInput("images", list(digit_images.shape), "FP32")
+        wrong.set_data_from_numpy(digit_images.astype(np.float32))
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer("vae", [wrong])
+        assert "UINT8" in str(refused.value)
+        assert client.get_inference_statistics("vae")["model_stats"][0]["inference_count"] == 8
+    finally:
+        client.close()
+    v1 = httpx.get(f"{server.url}/v1/models/nope").json()
+    assert v1["error"]["code"] == "unknown_model"  # /v1 keeps its own shape
+
+
 def test_the_watched_folder_hot_reloads(model_dir, start_server, vae_bundle):
     server = start_server(model_dir, None, "--watch-interval-s", "0.2")
 
