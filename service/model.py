@@ -9,6 +9,7 @@ batch of already-checked images into a ScoreResult that is sliced back to the re
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Hashable
 from pathlib import Path
@@ -47,6 +48,7 @@ class ServedModel:
         self.detector = detector
         self.metrics = metrics
         self.loaded_at = time.time()
+        self.show_data_paths = settings.show_data_paths
         self.statistics = ModelStatistics()
         self.drift = DriftMonitor(
             settings.drift_window,
@@ -188,7 +190,7 @@ class ServedModel:
             "loaded_at": self.loaded_at,
         }
         if not full:
-            return summary
+            return self._public(summary)
         scores = {}
         for name, score in spec.scores.items():
             reference = d.reference(name)
@@ -211,4 +213,36 @@ class ServedModel:
                 "queue_capacity": self.batcher.capacity,
             },
         )
-        return summary
+        return self._public(summary)
+
+    def _public(self, description: dict) -> dict:
+        """Server-side folders stay on the server unless the operator says otherwise: the data
+        that training and calibration name (the rest holds no paths, but units like bits/dim)."""
+        if self.show_data_paths:
+            return description
+        sections = [key for key in ("calibration", "training") if key in description]
+        return {**description, **{key: without_directories(description[key]) for key in sections}}
+
+
+_SOURCE = re.compile(r"^([A-Za-z][\w+.-]*:)?(.*)$")  # "idx:/data/x.gz" -> "idx:", "/data/x.gz"
+
+
+def without_directories(value):
+    """`value` (JSON) with every path-like word cut to its last part: "idx:/data/mnist/t10k.gz
+    (calibration split)" -> "idx:t10k.gz (calibration split)". Sources name their data by file or
+    folder; where that file lives on the server is nobody's business but the operator's."""
+    if isinstance(value, dict):
+        return {key: without_directories(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_directories(item) for item in value]
+    if isinstance(value, str) and ("/" in value or "\\" in value):
+        return " ".join(_last_part(word) for word in value.split(" "))
+    return value
+
+
+def _last_part(word: str) -> str:
+    prefix, rest = _SOURCE.match(word).groups()
+    if "/" not in rest and "\\" not in rest:
+        return word
+    name = rest.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return (prefix or "") + name

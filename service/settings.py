@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
     admin_key: SecretStr | None = None
 
+    # What the service tells its callers about the bundles.
+    show_data_paths: bool = Field(
+        False,
+        description="answer the data paths a bundle records (training, calibration) in full; "
+        "by default only their last part, so server folders stay private",
+    )
+
     # Hot swap, drift, shutdown, logs.
     watch_interval_s: float = Field(
         2.0, ge=0, description="model folder poll period; 0 turns it off"

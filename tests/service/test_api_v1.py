@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
 from detectors import Detector
+from detectors.bundle import Bundle, write_bundle
+from service.app import create_app
 from service.schemas import ScoreResponse
+from service.settings import Settings
 
 
 def test_multipart_upload_scores_every_image_like_the_detector(
@@ -139,3 +144,23 @@ def test_bundles_with_a_probability_map_answer_p_anomaly(tmp_path, vae_bundle, d
         body = client.post("/v1/models/mapped/score", json={"images": digit_images.tolist()}).json()
     probabilities = [r["probability"] for r in body["results"]]
     assert all(0.0 <= p <= 1.0 for p in probabilities)
+
+
+@pytest.mark.parametrize("show", [False, True])
+def test_server_folders_stay_out_of_answers_unless_asked(tmp_path, vae_bundle, show):
+    bundle = Bundle.read(vae_bundle)
+    spec = bundle.spec
+    spec = replace(
+        spec,
+        calibration=replace(spec.calibration, data="idx:/srv/secret/t10k.gz (calibration split)"),
+        training=replace(spec.training, data="/srv/secret/normal-images/"),
+    )
+    write_bundle(bundle.model_bytes, spec, tmp_path / "vae.onnx")
+    settings = Settings(models_dir=tmp_path, watch_interval_s=0, show_data_paths=show)
+    with TestClient(create_app(settings)) as client:
+        listing = client.get("/v1/models").text
+        detail = client.get("/v1/models/vae").json()
+    assert ("/srv/secret" in listing + json.dumps(detail)) is show
+    if not show:  # the file and folder names stay: they say what the data was
+        assert detail["calibration"]["data"] == "idx:t10k.gz (calibration split)"
+        assert detail["training"]["data"] == "normal-images"
