@@ -146,9 +146,8 @@ class ServedModel:
         m, model = self.metrics, self.name
         m.images_scored.labels(model).inc(len(result))
         m.anomalies.labels(model).inc(int(result.is_anomaly.sum()))
-        score_hist, p_hist = m.score.labels(model, result.score_name), m.p_value.labels(model)
-        for value in result.scores.tolist():
-            score_hist.observe(value)
+        m.score.observe(model, result.score_name, result.scores)
+        p_hist = m.p_value.labels(model)
         for value in result.p_values.tolist():
             p_hist.observe(value)
         self.drift.update(result.p_values)
