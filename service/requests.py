@@ -1,7 +1,7 @@
 """HTTP request bodies -> uint8 image batches (B, C, H, W) for one model, or a clear 4xx.
 
 Accepted on POST /v1/models/{name}/score:
-- multipart/form-data: every file part is one encoded image (PNG, JPEG, BMP, TIFF, ...);
+- multipart/form-data: every file part is one encoded image (PNG, JPEG, BMP or TIFF, one frame);
 - application/json: {"images": [...]}, each a base64 string of an encoded image or a nested array
   of pixel values 0..255, shaped (H, W) for grey models or (C, H, W);
 - image/* or application/octet-stream: the body is one encoded image.
@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from detectors.errors import InputError
-from detectors.images import InputSpec, decode_image, to_uint8
+from detectors.errors import InputError, MultiFrameImage, UnsupportedImageFormat
+from detectors.images import InputSpec, decode_image, open_image, to_uint8
 
 from .errors import ApiError
 
@@ -67,7 +65,7 @@ def decode(data: bytes, spec: InputSpec, limits: Limits, name: str) -> np.ndarra
     if not data:
         raise ApiError(400, "empty_image", f"{name}: empty file, expected an encoded image")
     try:  # the header alone gives the size: refuse bombs before decoding them
-        with Image.open(io.BytesIO(data)) as header:
+        with open_image(data, name) as header:
             width, height = header.size
     except Exception:
         width = height = 0  # let decode_image say what is wrong
@@ -77,6 +75,10 @@ def decode(data: bytes, spec: InputSpec, limits: Limits, name: str) -> np.ndarra
         raise ApiError(413, "image_too_large", msg)
     try:
         image = decode_image(data, max_pixels=limits.max_pixels, name=name)
+    except UnsupportedImageFormat as error:
+        raise ApiError(415, "unsupported_image_format", str(error)) from None
+    except MultiFrameImage as error:
+        raise ApiError(400, "multi_frame_image", str(error)) from None
     except InputError as error:
         raise ApiError(400, "invalid_image", str(error)) from None
     try:

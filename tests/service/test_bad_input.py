@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import shutil
 from dataclasses import replace
@@ -58,6 +59,23 @@ def _binary(blob: bytes) -> dict:
     }
 
 
+def _encoded(format: str, frames: int = 1, **options) -> bytes:
+    """An 8x8 grey image encoded by Pillow (several frames or pages when asked)."""
+    from PIL import Image
+
+    images = [Image.fromarray(np.full((8, 8), 40 * i, np.uint8)) for i in range(frames)]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format=format, save_all=frames > 1, append_images=images[1:], **options)
+    return buffer.getvalue()
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n0 0 moveto 8 8 lineto stroke\nshowpage\n"
+
+
+def _upload(data: bytes, name: str = "x.img") -> dict:
+    return {"files": [("images", (name, data, "application/octet-stream"))]}
+
+
 # (case, method, path, request builder (png) -> httpx kwargs, status, code)
 CASES = [
     ("empty body", "post", "/v1/models/vae/score", lambda png: {"content": b""}, 400, "empty_body"),
@@ -84,6 +102,46 @@ CASES = [
         lambda png: {"files": [("images", ("t.png", png(np.full((40, 40), 9, np.uint8))[:60]))]},
         400,
         "invalid_image",
+    ),
+    (
+        "EPS (Ghostscript's format)",
+        "post",
+        "/v1/models/vae/score",
+        lambda png: _upload(EPS, "x.eps"),
+        415,
+        "unsupported_image_format",
+    ),
+    (
+        "GIF",
+        "post",
+        "/v1/models/vae/score",
+        lambda png: _upload(_encoded("GIF"), "x.gif"),
+        415,
+        "unsupported_image_format",
+    ),
+    (
+        "EPS as the body",
+        "post",
+        "/v1/models/vae/score",
+        lambda png: {"content": EPS, "headers": {"content-type": "image/png"}},
+        415,
+        "unsupported_image_format",
+    ),
+    (
+        "multi-page TIFF",
+        "post",
+        "/v1/models/vae/score",
+        lambda png: _upload(_encoded("TIFF", frames=3), "x.tif"),
+        400,
+        "multi_frame_image",
+    ),
+    (
+        "animated PNG",
+        "post",
+        "/v1/models/vae/score",
+        lambda png: _upload(_encoded("PNG", frames=2), "x.png"),
+        400,
+        "multi_frame_image",
     ),
     (
         "unknown model",
@@ -489,6 +547,9 @@ def test_bad_input_gets_a_4xx_with_an_error_body(
     assert error["code"] == code
     assert isinstance(error["message"], str)
     assert error["message"]
+    if code == "unsupported_image_format":  # the reason, and what is accepted
+        assert "not accepted" in error["message"]
+        assert "PNG" in error["message"]
     # ... and the service still answers.
     good = strict_client.post("/v1/models/vae/score", json={"images": [_grey()]})
     assert good.status_code == 200, good.text
@@ -543,3 +604,9 @@ def test_a_heat_map_is_refused_when_the_bundle_has_none(tmp_path, vae_bundle):
         assert answer.status_code == 400
         assert answer.json()["error"]["code"] == "heatmap_unavailable"
         assert client.post("/v1/models/flat/score", json={"images": [_grey()]}).status_code == 200
+
+
+@pytest.mark.parametrize("format", ["PNG", "JPEG", "BMP", "TIFF"])
+def test_every_accepted_format_scores(strict_client, format):
+    answer = strict_client.post("/v1/models/vae/score", **_upload(_encoded(format), "x"))
+    assert answer.status_code == 200, answer.text
