@@ -139,7 +139,7 @@ async def score_images(request: Request, scoring: ScoringDep) -> JSONResponse:
     """
     model, settings = scoring.model, scoring.settings
     options = score_options(request.query_params)
-    limits = Limits(settings.max_pixels, settings.max_images_per_request)
+    limits = Limits.of(model.detector.input_spec, settings)
     with model.batcher.arriving() as arrival:  # the batcher may wait for this request
         parsed = await read_images(request, model.detector.input_spec, limits)
         if parsed.labels is not None:

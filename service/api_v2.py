@@ -23,7 +23,7 @@ import detectors
 from .deps import ModelDep, RegistryDep, Scoring, ScoringDep, SettingsDep, get_scoring
 from .errors import ApiError
 from .model import ServedModel
-from .requests import parse
+from .requests import Limits, parse
 from .v2_requests import OUTPUTS, parse_request
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
@@ -203,7 +203,7 @@ async def infer_version(request: Request, scoring: VersionedScoringDep) -> Respo
 
 async def _infer(request: Request, scoring: Scoring) -> Response:
     model, registry = scoring.model, scoring.registry
-    max_images = scoring.settings.max_images_per_request
+    limits = Limits.of(model.detector.input_spec, scoring.settings)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
         raise ApiError(
@@ -215,7 +215,7 @@ async def _infer(request: Request, scoring: Scoring) -> Response:
             msg = "the request body is empty; expected a v2 inference request"
             raise ApiError(400, "empty_body", msg)
         header_length = request.headers.get("inference-header-content-length")
-        parsed = await parse(len(body), parse_request, body, header_length, model, max_images)
+        parsed = await parse(len(body), parse_request, body, header_length, model, limits)
         result, used = await registry.score(
             model,
             parsed["images"],

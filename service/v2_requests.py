@@ -7,7 +7,6 @@ alpha, binary_data_output) and the requested outputs.
 
 from __future__ import annotations
 
-import json
 from typing import NoReturn
 
 import numpy as np
@@ -17,7 +16,7 @@ from detectors.errors import InputError
 
 from .errors import ApiError
 from .model import ServedModel
-from .requests import pixels
+from .requests import Limits, load_json, pixels
 
 OUTPUTS = {"score": "FP64", "p_value": "FP64", "is_anomaly": "BOOL", "heatmap": "FP32"}
 DEFAULT_OUTPUTS = ("score", "p_value", "is_anomaly")
@@ -28,7 +27,7 @@ def _fail(message: str, code: str = "invalid_tensor") -> NoReturn:
 
 
 def parse_request(
-    body: bytes, header_length: str | None, model: ServedModel, max_images: int
+    body: bytes, header_length: str | None, model: ServedModel, limits: Limits
 ) -> dict:
     """A v2 inference request -> images, score, alpha, requested outputs {name: binary}, id."""
     binary = b""
@@ -41,10 +40,7 @@ def parse_request(
             )
         size = int(header_length)
         body, binary = body[:size], body[size:]
-    try:
-        request = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
-        _fail(f"the request is not valid JSON ({error})", "invalid_json")
+    request = load_json(body, limits)  # the JSON header only: binary data has no values to parse
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         _fail('expected a JSON object with an "inputs" list', "invalid_request")
     name = model.detector.spec.input.name
@@ -53,7 +49,7 @@ def parse_request(
     if not label_spec:
         if len(tensors) != 1 or not isinstance(tensors[0], dict):
             _fail(f"expected exactly one input tensor, {name!r}")
-        images = _input_tensor(tensors[0], binary, model, max_images)
+        images = _input_tensor(tensors[0], binary, model, limits.max_images)
         labels = None
     else:
         by_name = {t.get("name"): t for t in tensors if isinstance(t, dict)}
@@ -62,7 +58,7 @@ def parse_request(
                 f"this class-conditional model takes two input tensors, {name!r} and "
                 f"{label_spec.input!r} (one class per image)"
             )
-        images = _input_tensor(by_name[name], binary, model, max_images)
+        images = _input_tensor(by_name[name], binary, model, limits.max_images)
         labels = _labels_tensor(by_name[label_spec.input], len(images))
 
     parameters = request.get("parameters") or {}

@@ -164,3 +164,15 @@ def test_server_folders_stay_out_of_answers_unless_asked(tmp_path, vae_bundle, s
     if not show:  # the file and folder names stay: they say what the data was
         assert detail["calibration"]["data"] == "idx:t10k.gz (calibration split)"
         assert detail["training"]["data"] == "normal-images"
+
+
+def test_the_pixel_limit_follows_the_models_input_unless_set(make_client, png):
+    # The models take 8x8: by default an image may hold 64 x 64 pixels, 64 times their input.
+    def status(client, side: int) -> int:
+        image = png(np.zeros((side, side), np.uint8))
+        return client.post("/v1/models/vae/score", files=[("images", ("x.png", image))]).status_code
+
+    default = make_client()
+    assert status(default, 64) == 200
+    assert status(default, 65) == 413
+    assert status(make_client(max_pixels=100 * 100), 100) == 200  # the operator's own limit

@@ -339,6 +339,25 @@ CASES = [
         "no_images",
     ),
     (
+        "more JSON values than the images could hold",
+        "post",
+        "/v1/models/vae/score",
+        lambda png: {"json": {"images": [[0] * 5000]}},
+        413,
+        "too_many_values",
+    ),
+    (
+        "a number of 5000 digits",
+        "post",
+        "/v1/models/vae/score",
+        lambda png: {
+            "content": b'{"images": [[' + b"7" * 5000 + b"]]}",
+            "headers": {"content-type": "application/json"},
+        },
+        400,
+        "invalid_json",
+    ),
+    (
         "invalid base64",
         "post",
         "/v1/models/vae/score",
@@ -447,6 +466,14 @@ CASES = [
         lambda png: _v2({"shape": [MAX_IMAGES + 1, 1, 8, 8], "data": [7] * 64 * (MAX_IMAGES + 1)}),
         413,
         "too_many_images",
+    ),
+    (
+        "v2 more data values than the images could hold",
+        "post",
+        "/v2/models/vae/infer",
+        lambda png: _v2({"data": [7] * 5000}),
+        413,
+        "too_many_values",
     ),
     (
         "v2 no inputs",
