@@ -90,7 +90,7 @@ def open_image(data: bytes, name: str = "image") -> Image.Image:
         return Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except UnidentifiedImageError:
         other = _recognised_format(data[:16])
-        if other is None:
+        if other is None or other in IMAGE_FORMATS:  # unknown, or one of ours but corrupt
             raise
         msg = f"{name}: {other} images are not accepted; send {ACCEPTED_FORMATS_TEXT}"
         raise UnsupportedImageFormat(msg) from None

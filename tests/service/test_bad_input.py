@@ -104,6 +104,14 @@ CASES = [
         "invalid_image",
     ),
     (
+        "a PNG signature and then junk",
+        "post",
+        "/v1/models/vae/score",
+        lambda png: _upload(b"\x89PNG\r\n\x1a\n not really", "x.png"),
+        400,
+        "invalid_image",
+    ),
+    (
         "EPS (Ghostscript's format)",
         "post",
         "/v1/models/vae/score",
