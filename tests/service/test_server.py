@@ -204,3 +204,22 @@ def test_sigterm_drains_requests_in_flight(model_dir, start_server):
     # uvicorn re-raises the signal after a clean shutdown, so the exit status may say SIGTERM.
     assert server.process.wait(30) in (0, -signal.SIGTERM)
     assert "draining" in server.log()
+
+
+def test_a_client_that_sends_its_whole_body_first_sees_the_413(model_dir, start_server):
+    import urllib.error
+    import urllib.request
+
+    server = start_server(model_dir, {"NORMALCY_MAX_BODY_BYTES": "4096"})
+    # urllib says `Connection: close` and sends all of its body before it reads the answer; a
+    # body larger than the socket buffers used to end in a broken pipe.
+    request = urllib.request.Request(
+        f"{server.url}/v1/models/vae/score",
+        data=b"x" * 20_000_000,
+        headers={"Content-Type": "image/png"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 413
+    assert refused.value.headers["Connection"] == "close"
+    assert json.loads(refused.value.read())["error"]["code"] == "body_too_large"
