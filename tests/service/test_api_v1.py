@@ -118,6 +118,23 @@ def test_docs_and_openapi_are_served(client):
     assert "/v2/models/{name}/infer" in paths
 
 
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_docs_pages_load_nothing_from_outside(client, page):
+    import re
+
+    html = client.get(page)
+    assert html.status_code == 200
+    urls = re.findall(r"""(?:src|href|spec-url)\s*=\s*["']([^"']+)["']""", html.text)
+    urls += re.findall(r"""url\s*:\s*["']([^"']+)["']""", html.text)  # the spec, in the script
+    assert any(u.endswith(".js") for u in urls), urls
+    assert "/openapi.json" in urls
+    for url in urls:
+        assert url.startswith("/"), f"{page} loads {url} from elsewhere"
+        assert client.get(url).status_code == 200, url
+    assert "cdn" not in html.text.lower()
+    assert "fonts.googleapis" not in html.text
+
+
 def test_the_root_is_left_to_the_web_page(client):
     # Without service/static/index.html the root is free (the web page's helper adds it).
     from service.app import STATIC_DIR
