@@ -20,6 +20,7 @@ from detectors import Detector, ScoreResult
 from detectors.calibration import check_alpha
 from detectors.drift import DriftMonitor
 from detectors.errors import InputError
+from detectors.histogram import HistogramLimits, robust_limits
 
 from .batcher import Arrival, BatchStats, MicroBatcher
 from .errors import ApiError
@@ -193,12 +194,12 @@ class ServedModel:
         scores = {}
         for name, score in spec.scores.items():
             reference = d.reference(name)
-            counts, edges = np.histogram(reference, bins=min(30, max(1, len(reference) // 5)))
+            threshold = self.threshold(name, d.default_alpha)
             scores[name] = {
                 **{k: v for k, v in score.to_json().items() if k != "reference"},
                 "reference_size": len(reference),
-                "threshold": self.threshold(name, d.default_alpha),
-                "reference_histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
+                "threshold": threshold,
+                "reference_histogram": reference_histogram(reference, threshold),
             }
         summary.update(
             scores=scores,
@@ -221,6 +222,20 @@ class ServedModel:
             return description
         sections = [key for key in ("calibration", "training") if key in description]
         return {**description, **{key: without_directories(description[key]) for key in sections}}
+
+
+def reference_histogram(reference: np.ndarray, threshold: float | None) -> dict:
+    """The calibration scores as the web page draws them: bins between robust limits (0.5th and
+    99.5th percentile, widened to the threshold, which is always shown), the scores beyond a limit
+    drawn in its edge bin and counted in `below` and `above`."""
+    limits = robust_limits(reference)
+    if threshold is not None:
+        limits = HistogramLimits(min(limits.low, threshold), max(limits.high, threshold))
+    counts, edges = np.histogram(
+        limits.clip(reference), bins=limits.bins(min(30, max(1, len(reference) // 5)))
+    )
+    below, above = limits.outside(reference)
+    return {"edges": edges.tolist(), "counts": counts.tolist(), "below": below, "above": above}
 
 
 _SOURCE = re.compile(r"^([A-Za-z][\w+.-]*:)?(.*)$")  # "idx:/data/x.gz" -> "idx:", "/data/x.gz"
