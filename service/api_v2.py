@@ -23,10 +23,13 @@ import detectors
 from .deps import ModelDep, RegistryDep, Scoring, ScoringDep, SettingsDep, get_scoring
 from .errors import ApiError
 from .model import ServedModel
+from .openapi import V2_INFER_BODY
 from .requests import Limits, parse
+from .schemas import V2_INFER_ERRORS, v2_errors
 from .v2_requests import OUTPUTS, parse_request
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
+NOT_FOUND = v2_errors(404)
 
 _NUMPY = {"FP64": np.float64, "FP32": np.float32, "BOOL": np.bool_}
 
@@ -66,7 +69,7 @@ async def live() -> dict:
     return {"live": True}
 
 
-@router.get("/health/ready")
+@router.get("/health/ready", responses=v2_errors(503))
 async def ready(registry: RegistryDep) -> dict:
     if not registry.ready:
         why = "shutting down" if registry.shutting_down else "no model loaded"
@@ -107,22 +110,22 @@ async def all_statistics(registry: RegistryDep) -> dict:
     return {"model_stats": [e.statistics.to_v2(e.name, e.version) for e in entries]}
 
 
-@router.get("/models/{name}")
+@router.get("/models/{name}", responses=NOT_FOUND)
 async def model_metadata(model: ModelDep) -> dict:
     return _metadata(model)
 
 
-@router.get("/models/{name}/versions/{version}")
+@router.get("/models/{name}/versions/{version}", responses=NOT_FOUND)
 async def model_version_metadata(model: VersionedModelDep) -> dict:
     return _metadata(model)
 
 
-@router.get("/models/{name}/ready")
+@router.get("/models/{name}/ready", responses=NOT_FOUND)
 async def model_ready(model: ModelDep) -> dict:
     return {"name": model.name, "ready": True}
 
 
-@router.get("/models/{name}/versions/{version}/ready")
+@router.get("/models/{name}/versions/{version}/ready", responses=NOT_FOUND)
 async def model_version_ready(model: VersionedModelDep) -> dict:
     return {"name": model.name, "ready": True}
 
@@ -170,33 +173,37 @@ def _config(model: ServedModel, max_images: int) -> dict:
     }
 
 
-@router.get("/models/{name}/config")
+@router.get("/models/{name}/config", responses=NOT_FOUND)
 async def model_config(model: ModelDep, settings: SettingsDep) -> dict:
     return _config(model, settings.max_images_per_request)
 
 
-@router.get("/models/{name}/versions/{version}/config")
+@router.get("/models/{name}/versions/{version}/config", responses=NOT_FOUND)
 async def model_version_config(model: VersionedModelDep, settings: SettingsDep) -> dict:
     return _config(model, settings.max_images_per_request)
 
 
-@router.get("/models/{name}/stats")
+@router.get("/models/{name}/stats", responses=NOT_FOUND)
 async def model_statistics(model: ModelDep) -> dict:
     return {"model_stats": [model.statistics.to_v2(model.name, model.version)]}
 
 
-@router.get("/models/{name}/versions/{version}/stats")
+@router.get("/models/{name}/versions/{version}/stats", responses=NOT_FOUND)
 async def model_version_statistics(model: VersionedModelDep) -> dict:
     return {"model_stats": [model.statistics.to_v2(model.name, model.version)]}
 
 
-@router.post("/models/{name}/infer")
+@router.post("/models/{name}/infer", responses=V2_INFER_ERRORS, openapi_extra=V2_INFER_BODY)
 async def infer(request: Request, scoring: ScoringDep) -> Response:
     """Inference: needs `X-API-Key` (or `Authorization: Bearer`) when the server has an API key."""
     return await _infer(request, scoring)
 
 
-@router.post("/models/{name}/versions/{version}/infer")
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    responses=V2_INFER_ERRORS,
+    openapi_extra=V2_INFER_BODY,
+)
 async def infer_version(request: Request, scoring: VersionedScoringDep) -> Response:
     return await _infer(request, scoring)
 

@@ -22,6 +22,7 @@ from .docs import install_docs
 from .errors import install_error_handlers
 from .metrics import CONTENT_TYPE, Metrics
 from .middleware import BodyLimit, RequestMetrics
+from .openapi import install_openapi
 from .registry import ModelRegistry
 from .settings import Settings
 
@@ -68,6 +69,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI
     app.state.metrics = metrics or Metrics()
     install_error_handlers(app)
     install_docs(app)
+    install_openapi(app, key_required=settings.api_key is not None)
     app.include_router(api_v1.router)
     app.include_router(api_v2.router)
 

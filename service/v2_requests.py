@@ -52,7 +52,7 @@ def parse_request(
         images = _input_tensor(tensors[0], binary, model, limits.max_images)
         labels = None
     else:
-        by_name = {t.get("name"): t for t in tensors if isinstance(t, dict)}
+        by_name = {_name(t): t for t in tensors if isinstance(t, dict)}
         if len(tensors) != 2 or set(by_name) != {name, label_spec.input}:
             _fail(
                 f"this class-conditional model takes two input tensors, {name!r} and "
@@ -61,9 +61,7 @@ def parse_request(
         images = _input_tensor(by_name[name], binary, model, limits.max_images)
         labels = _labels_tensor(by_name[label_spec.input], len(images))
 
-    parameters = request.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        _fail('"parameters" must be an object', "invalid_request")
+    parameters = _object(request.get("parameters"), '"parameters"')
     alpha = parameters.get("alpha")
     if alpha is not None:
         if isinstance(alpha, bool) or not isinstance(alpha, int | float):
@@ -75,22 +73,51 @@ def parse_request(
     score = parameters.get("score")
     if score is not None and not isinstance(score, str):
         _fail(f"parameter score must be a string, got {score!r}", "invalid_request")
-    binary_default = bool(parameters.get("binary_data_output", False))
+    binary_default = _flag(parameters.get("binary_data_output", False), "binary_data_output")
+    request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        _fail(f'"id" must be a string, got {request_id!r}', "invalid_request")
 
+    requested = request.get("outputs")
+    if requested is None:
+        requested = [{"name": n} for n in DEFAULT_OUTPUTS]
+    if not isinstance(requested, list):
+        _fail('"outputs" must be a list of {"name": ...} objects', "invalid_request")
     outputs: dict[str, bool] = {}
-    for item in request.get("outputs") or [{"name": n} for n in DEFAULT_OUTPUTS]:
-        if not isinstance(item, dict) or item.get("name") not in OUTPUTS:
+    for item in requested:
+        if not isinstance(item, dict) or _name(item) not in OUTPUTS:
             _fail(f"unknown output {item!r}; outputs are {list(OUTPUTS)}", "invalid_request")
-        item_parameters = item.get("parameters") or {}
-        outputs[item["name"]] = bool(item_parameters.get("binary_data", binary_default))
+        item_parameters = _object(item.get("parameters"), f"output {item['name']!r} parameters")
+        binary = item_parameters.get("binary_data", binary_default)
+        outputs[item["name"]] = _flag(binary, "binary_data")
     return {
         "images": images,
         "labels": labels,
         "score": score,
         "alpha": alpha,
         "outputs": outputs,
-        "id": request.get("id"),
+        "id": request_id,
     }
+
+
+def _name(tensor: dict) -> str | None:
+    name = tensor.get("name")
+    return name if isinstance(name, str) else None
+
+
+def _object(value, what: str) -> dict:
+    """An optional JSON object: {} when absent."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        _fail(f"{what} must be an object, got {value!r}", "invalid_request")
+    return value
+
+
+def _flag(value, what: str) -> bool:
+    if not isinstance(value, bool):
+        _fail(f"parameter {what} must be true or false, got {value!r}", "invalid_request")
+    return value
 
 
 def _labels_tensor(tensor: dict, count: int) -> list:
@@ -99,7 +126,7 @@ def _labels_tensor(tensor: dict, count: int) -> list:
         _fail(f"labels datatype must be an integer type (INT64), got {tensor.get('datatype')!r}")
     if tensor.get("shape") != [count]:
         _fail(f"labels shape {tensor.get('shape')!r}; one class per image needs [{count}]")
-    if "binary_data_size" in (tensor.get("parameters") or {}):
+    if "binary_data_size" in _object(tensor.get("parameters"), "labels parameters"):
         _fail("send labels as JSON data (binary data is accepted for the images only)")
     data = tensor.get("data")
     if not isinstance(data, list) or len(data) != count:
@@ -134,7 +161,7 @@ def _input_tensor(tensor: dict, binary: bytes, model: ServedModel, max_images: i
             413, "too_many_images", f"{count} images in one request; the limit is {max_images}"
         )
     size = count * channels * height * width
-    parameters = tensor.get("parameters") or {}
+    parameters = _object(tensor.get("parameters"), "input parameters")
     if "binary_data_size" in parameters:
         declared = parameters["binary_data_size"]
         if declared != size or len(binary) != size:
