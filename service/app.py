@@ -58,7 +58,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI
         version=detectors.__version__,
         lifespan=lifespan,
         docs_url=None,  # served by install_docs, from the package's own files
-        redoc_url=None,
+        redoc_url=None,  # ReDoc loads its logo from a CDN: no /redoc
         # Metrics are Prometheus (service/metrics.py); FastAPI's OpenTelemetry hooks stay off
         # rather than cost a check on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},

@@ -1,6 +1,7 @@
-"""`/docs` (Swagger UI) and `/redoc` from files inside the installed packages, never a CDN: the
-pages work offline and on air-gapped sites. The assets are fastapi-offline's copy of Swagger UI 5
-(it reads OpenAPI 3.1, which FastAPI writes) and ReDoc 2; only its static folder is used.
+"""`/docs` (Swagger UI) from files inside the installed packages, never a CDN: the page works
+offline and on air-gapped sites. The assets are fastapi-offline's copy of Swagger UI 5 (it reads
+OpenAPI 3.1, which FastAPI writes); only its static folder is used. There is no `/redoc`: ReDoc
+fetches its logo from its vendor's site whatever it is told.
 """
 
 from __future__ import annotations
@@ -9,11 +10,7 @@ import importlib.util
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.openapi.docs import (
-    get_redoc_html,
-    get_swagger_ui_html,
-    get_swagger_ui_oauth2_redirect_html,
-)
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -29,7 +26,7 @@ def assets_dir() -> Path:
 
 
 def install_docs(app: FastAPI) -> None:
-    """Serve /docs and /redoc on an app made with docs_url=None and redoc_url=None."""
+    """Serve /docs on an app made with docs_url=None and redoc_url=None."""
     app.mount(ASSETS_URL, StaticFiles(directory=assets_dir()), name="docs-assets")
     favicon = f"{ASSETS_URL}/favicon.png"
     redirect = "/docs/oauth2-redirect"
@@ -48,13 +45,3 @@ def install_docs(app: FastAPI) -> None:
     @app.get(redirect, include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
         return get_swagger_ui_oauth2_redirect_html()
-
-    @app.get("/redoc", include_in_schema=False)
-    async def redoc() -> HTMLResponse:
-        return get_redoc_html(
-            openapi_url=app.openapi_url,
-            title=f"{app.title}: API reference",
-            redoc_js_url=f"{ASSETS_URL}/redoc.standalone.js",
-            redoc_favicon_url=favicon,
-            with_google_fonts=False,
-        )

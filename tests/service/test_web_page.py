@@ -216,3 +216,20 @@ def test_page_asks_a_conditional_model_for_the_class(
         files={"images": ("three.png", png(image), "image/png")},
     ).json()
     assert float(card.get_attribute("data-score")) == pytest.approx(answer["results"][0]["score"])
+
+
+def test_the_api_docs_render_from_the_servers_own_files(browser, start_server, model_dir):
+    from selenium.webdriver.common.by import By
+
+    server = start_server(model_dir)
+    for page, ready in [("/docs", ".swagger-ui .info .title")]:
+        browser.get(server.url + page)
+        title = _wait(browser, lambda d, css=ready: d.find_elements(By.CSS_SELECTOR, css))
+        assert "normalcy" in title[0].text
+        loaded = browser.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)"
+        )
+        assert loaded
+        assert all(url.startswith(server.url + "/") for url in loaded), loaded
+    # The operations are listed, the v2 inference among them.
+    assert browser.find_elements(By.CSS_SELECTOR, "[data-path='/v2/models/{name}/infer']")
