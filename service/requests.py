@@ -41,14 +41,14 @@ async def parse(body_bytes: int, function, *args):
 # With no max_pixels set, an encoded image may hold this many times the model's input pixels:
 # 8x its width and height, room for any sensible photo of what a model of that size looks at.
 PIXELS_PER_INPUT_PIXEL = 64
-# JSON beyond the pixel values themselves: labels, parameters, tensor shapes.
-JSON_VALUES_BESIDES_PIXELS = 1024
+# JSON values beyond pixels and labels: parameters, tensor shapes, requested outputs.
+JSON_VALUES_BESIDES_IMAGES = 1024
 
 
 @dataclass(frozen=True)
 class Limits:
     """What one request may send to one model: decoded pixels per encoded image (before
-    decoding), images, and pixel values in a JSON body (images x the model's input size)."""
+    decoding), images, and values in a JSON body (images x (the model's input size + a label))."""
 
     max_pixels_per_image: int
     max_images: int
@@ -59,7 +59,7 @@ class Limits:
         input_pixels = spec.height * spec.width
         per_image = settings.max_pixels or PIXELS_PER_INPUT_PIXEL * input_pixels
         images = settings.max_images_per_request
-        return cls(per_image, images, images * spec.channels * input_pixels)
+        return cls(per_image, images, images * (spec.channels * input_pixels + 1))  # + a label
 
 
 @dataclass
@@ -141,10 +141,10 @@ def load_json(body: bytes, limits: Limits):
     memory in proportion to what the model takes, whatever the body limit.
     """
     values = body.count(b",") + 1
-    if values > limits.max_json_values + JSON_VALUES_BESIDES_PIXELS:
+    if values > limits.max_json_values + JSON_VALUES_BESIDES_IMAGES:
         msg = (
             f"the JSON body holds up to {values} values; {limits.max_images} images of this "
-            f"model's input size hold {limits.max_json_values} pixel values"
+            f"model's input size (and their labels) hold {limits.max_json_values}"
         )
         raise ApiError(413, "too_many_values", msg)
     try:
