@@ -108,7 +108,15 @@ class ServedModel:
         self.statistics.request_done(time.perf_counter() - started, images=len(result), ok=True)
         return result
 
-    async def _score(self, images, score, alpha, heatmap, arrival, labels) -> ScoreResult:
+    async def _score(
+        self,
+        images: np.ndarray,
+        score: str | None,
+        alpha: float | None,
+        heatmap: bool,
+        arrival: Arrival | None,
+        labels,
+    ) -> ScoreResult:
         detector = self.detector
         try:
             name = detector.score_name(score)
