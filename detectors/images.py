@@ -14,11 +14,16 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import InputError
+from .errors import InputError, MultiFrameImage, UnsupportedImageFormat
 from .spec import BundleSpec
 
 # Decompression bombs: refuse images with more pixels than this before decoding them.
 DEFAULT_MAX_PIXELS = 16_000_000
+# The encodings read, as Pillow names them. Pillow knows many more, some of which hand the bytes
+# to other programs (EPS to Ghostscript): only these plugins are ever tried. A camera's JPEG that
+# carries extra pictures opens as format MPO; its first frame is the JPEG's image.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
+ACCEPTED_FORMATS_TEXT = "PNG, JPEG, BMP or TIFF"
 _MODES = {1: "L", 3: "RGB"}
 
 
@@ -43,14 +48,15 @@ def to_uint8(values: np.ndarray, name: str = "images") -> np.ndarray:
 def decode_image(
     data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image"
 ) -> Image.Image:
-    """Decode an encoded image (PNG, JPEG, BMP, TIFF, ...) fully, or raise InputError."""
+    """Decode an encoded image (PNG, JPEG, BMP, TIFF) of one frame fully, or raise InputError:
+    UnsupportedImageFormat for other encodings, MultiFrameImage for multi-page or animated ones."""
     if not data:
         msg = f"{name}: empty file, expected an encoded image"
         raise InputError(msg)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = open_image(data, name)
             width, height = image.size
             if width * height > max_pixels:
                 msg = (
@@ -58,16 +64,49 @@ def decode_image(
                     f"exceeds the limit of {max_pixels}"
                 )
                 raise InputError(msg)
+            frames = getattr(image, "n_frames", 1)
+            if frames > 1 and image.format != "MPO":
+                msg = (
+                    f"{name}: a {image.format} image of {frames} frames or pages; send one "
+                    "image per file (each frame as its own image)"
+                )
+                raise MultiFrameImage(msg)
             image.load()
     except InputError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-        msg = f"{name}: not a readable image (PNG, JPEG, BMP, TIFF, ...) or too large"
+        msg = f"{name}: not a readable image ({ACCEPTED_FORMATS_TEXT}) or too large"
         raise InputError(msg) from None
     except (OSError, SyntaxError, ValueError) as error:
         msg = f"{name}: corrupt or truncated image ({error})"
         raise InputError(msg) from None
     return image
+
+
+def open_image(data: bytes, name: str = "image") -> Image.Image:
+    """Open (not decode) an image in one of IMAGE_FORMATS; UnsupportedImageFormat names any other
+    encoding that Pillow recognises by its first bytes, without parsing it."""
+    try:
+        return Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except UnidentifiedImageError:
+        other = _recognised_format(data[:16])
+        if other is None or other in IMAGE_FORMATS:  # unknown, or one of ours but corrupt
+            raise
+        msg = f"{name}: {other} images are not accepted; send {ACCEPTED_FORMATS_TEXT}"
+        raise UnsupportedImageFormat(msg) from None
+
+
+def _recognised_format(prefix: bytes) -> str | None:
+    """The format whose signature `prefix` starts with (Pillow's own checks), if any."""
+    Image.init()
+    for fmt in Image.ID:
+        accept = Image.OPEN[fmt][1]
+        try:
+            if accept is not None and accept(prefix):
+                return fmt
+        except Exception:  # a plugin's check that cannot read this prefix: not its format
+            continue
+    return None
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,20 @@ router = APIRouter(prefix="/v1", tags=["scoring"])
 
 _BODY_DOC = {
     "requestBody": {
+        "required": True,
         "description": 'images as multipart files, JSON {"images": [base64 | nested array]}, '
         "or one encoded image as the body",
         "content": {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
+                    "required": ["images"],
                     "properties": {
-                        "images": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                        "images": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "minItems": 1,
+                        }
                     },
                 }
             },
@@ -39,7 +45,20 @@ _BODY_DOC = {
                 "schema": {
                     "type": "object",
                     "required": ["images"],
-                    "properties": {"images": {"type": "array", "items": {}}},
+                    "additionalProperties": False,
+                    "properties": {
+                        "images": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {
+                                "oneOf": [
+                                    {"type": "string", "contentEncoding": "base64"},
+                                    {"type": "array"},
+                                ]
+                            },
+                        },
+                        "labels": {"type": "array", "items": {"type": "integer"}},
+                    },
                 }
             },
             "image/png": {"schema": {"type": "string", "format": "binary"}},
@@ -76,7 +95,7 @@ _QUERY_DOC = [
         "name": "labels",
         "in": "query",
         "required": False,
-        "schema": {"type": "string"},
+        "schema": {"type": "string", "pattern": "^[0-9]+(,[0-9]+)*$"},
         "description": "class-conditional models: one class per image, comma-separated "
         '(or "labels": [...] in a JSON body)',
     },
@@ -139,7 +158,7 @@ async def score_images(request: Request, scoring: ScoringDep) -> JSONResponse:
     """
     model, settings = scoring.model, scoring.settings
     options = score_options(request.query_params)
-    limits = Limits(settings.max_pixels, settings.max_images_per_request)
+    limits = Limits.of(model.detector.input_spec, settings)
     with model.batcher.arriving() as arrival:  # the batcher may wait for this request
         parsed = await read_images(request, model.detector.input_spec, limits)
         if parsed.labels is not None:

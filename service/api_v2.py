@@ -4,32 +4,33 @@ One UINT8 input tensor named as the bundle's input, shape [B, C, H, W] ([B, H, W
 as JSON `data` or in the binary tensor extension (`Inference-Header-Content-Length`). Outputs:
 `score` FP64 [B], `p_value` FP64 [B], `is_anomaly` BOOL [B], and `heatmap` FP32 [B, C, H, W] when
 asked for. Request parameters `score` and `alpha` choose the score and the false-positive rate.
-Errors keep the project's `{"error": {"code", "message"}}` shape (Triton's client shows the object).
+Errors follow the protocol, `{"error": "<message>"}` (plus normalcy's stable `code`). Triton's model
+configuration and statistics extensions answer what its clients ask: `GET .../config`, `.../stats`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 import detectors
-from detectors.calibration import check_alpha
-from detectors.errors import InputError
 
-from .deps import ModelDep, RegistryDep, Scoring, ScoringDep, get_scoring
+from .deps import ModelDep, RegistryDep, Scoring, ScoringDep, SettingsDep, get_scoring
 from .errors import ApiError
 from .model import ServedModel
-from .requests import parse, pixels
+from .openapi import V2_INFER_BODY
+from .requests import Limits, parse
+from .schemas import V2_INFER_ERRORS, v2_errors
+from .v2_requests import OUTPUTS, parse_request
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
+NOT_FOUND = v2_errors(404)
 
-OUTPUTS = {"score": "FP64", "p_value": "FP64", "is_anomaly": "BOOL", "heatmap": "FP32"}
-DEFAULT_OUTPUTS = ("score", "p_value", "is_anomaly")
 _NUMPY = {"FP64": np.float64, "FP32": np.float32, "BOOL": np.bool_}
 
 
@@ -59,7 +60,7 @@ async def server_metadata() -> dict:
     return {
         "name": "normalcy",
         "version": detectors.__version__,
-        "extensions": ["binary_tensor_data"],
+        "extensions": ["binary_tensor_data", "model_configuration", "statistics"],
     }
 
 
@@ -68,7 +69,7 @@ async def live() -> dict:
     return {"live": True}
 
 
-@router.get("/health/ready")
+@router.get("/health/ready", responses=v2_errors(503))
 async def ready(registry: RegistryDep) -> dict:
     if not registry.ready:
         why = "shutting down" if registry.shutting_down else "no model loaded"
@@ -102,40 +103,114 @@ def _metadata(model: ServedModel) -> dict:
     }
 
 
-@router.get("/models/{name}")
+@router.get("/models/stats")
+async def all_statistics(registry: RegistryDep) -> dict:
+    """The statistics extension: inference counts and times of every model served."""
+    entries = [registry.entries[name] for name in sorted(registry.entries)]
+    return {"model_stats": [e.statistics.to_v2(e.name, e.version) for e in entries]}
+
+
+@router.get("/models/{name}", responses=NOT_FOUND)
 async def model_metadata(model: ModelDep) -> dict:
     return _metadata(model)
 
 
-@router.get("/models/{name}/versions/{version}")
+@router.get("/models/{name}/versions/{version}", responses=NOT_FOUND)
 async def model_version_metadata(model: VersionedModelDep) -> dict:
     return _metadata(model)
 
 
-@router.get("/models/{name}/ready")
+@router.get("/models/{name}/ready", responses=NOT_FOUND)
 async def model_ready(model: ModelDep) -> dict:
     return {"name": model.name, "ready": True}
 
 
-@router.get("/models/{name}/versions/{version}/ready")
+@router.get("/models/{name}/versions/{version}/ready", responses=NOT_FOUND)
 async def model_version_ready(model: VersionedModelDep) -> dict:
     return {"name": model.name, "ready": True}
 
 
-@router.post("/models/{name}/infer")
+def _config(model: ServedModel, max_images: int) -> dict:
+    """Triton's model configuration: tensors without their batch axis (`max_batch_size` > 0), one
+    value per image given as dims [1] reshaped to a scalar, the batching the server does."""
+    channels, height, width = model.detector.input_shape
+    spec = model.detector.spec
+    per_image = {"dims": [1], "reshape": {"shape": []}}
+    inputs = [
+        {
+            "name": spec.input.name,
+            "data_type": "TYPE_UINT8",
+            "format": "FORMAT_NCHW",
+            "dims": [channels, height, width],
+        }
+    ]
+    if spec.labels:
+        inputs.append({"name": spec.labels.input, "data_type": "TYPE_INT64", **per_image})
+    outputs = [
+        {"name": name, "data_type": f"TYPE_{OUTPUTS[name]}", **per_image}
+        for name in ("score", "p_value", "is_anomaly")
+    ]
+    if model.has_heatmap:
+        outputs.append(
+            {"name": "heatmap", "data_type": "TYPE_FP32", "dims": [channels, height, width]}
+        )
+    batcher = model.batcher
+    return {
+        "name": model.name,
+        "platform": "onnxruntime_onnx",
+        "backend": "onnxruntime",
+        "max_batch_size": max_images,
+        "input": inputs,
+        "output": outputs,
+        "dynamic_batching": {
+            "preferred_batch_size": [batcher.max_batch_size],
+            "max_queue_delay_microseconds": round(batcher.max_wait_s * 1e6),
+        },
+        "parameters": {
+            "default_score": {"string_value": model.detector.default_score},
+            "alpha": {"string_value": str(model.detector.default_alpha)},
+        },
+    }
+
+
+@router.get("/models/{name}/config", responses=NOT_FOUND)
+async def model_config(model: ModelDep, settings: SettingsDep) -> dict:
+    return _config(model, settings.max_images_per_request)
+
+
+@router.get("/models/{name}/versions/{version}/config", responses=NOT_FOUND)
+async def model_version_config(model: VersionedModelDep, settings: SettingsDep) -> dict:
+    return _config(model, settings.max_images_per_request)
+
+
+@router.get("/models/{name}/stats", responses=NOT_FOUND)
+async def model_statistics(model: ModelDep) -> dict:
+    return {"model_stats": [model.statistics.to_v2(model.name, model.version)]}
+
+
+@router.get("/models/{name}/versions/{version}/stats", responses=NOT_FOUND)
+async def model_version_statistics(model: VersionedModelDep) -> dict:
+    return {"model_stats": [model.statistics.to_v2(model.name, model.version)]}
+
+
+@router.post("/models/{name}/infer", responses=V2_INFER_ERRORS, openapi_extra=V2_INFER_BODY)
 async def infer(request: Request, scoring: ScoringDep) -> Response:
     """Inference: needs `X-API-Key` (or `Authorization: Bearer`) when the server has an API key."""
     return await _infer(request, scoring)
 
 
-@router.post("/models/{name}/versions/{version}/infer")
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    responses=V2_INFER_ERRORS,
+    openapi_extra=V2_INFER_BODY,
+)
 async def infer_version(request: Request, scoring: VersionedScoringDep) -> Response:
     return await _infer(request, scoring)
 
 
 async def _infer(request: Request, scoring: Scoring) -> Response:
     model, registry = scoring.model, scoring.registry
-    max_images = scoring.settings.max_images_per_request
+    limits = Limits.of(model.detector.input_spec, scoring.settings)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
         raise ApiError(
@@ -147,7 +222,7 @@ async def _infer(request: Request, scoring: Scoring) -> Response:
             msg = "the request body is empty; expected a v2 inference request"
             raise ApiError(400, "empty_body", msg)
         header_length = request.headers.get("inference-header-content-length")
-        parsed = await parse(len(body), parse_request, body, header_length, model, max_images)
+        parsed = await parse(len(body), parse_request, body, header_length, model, limits)
         result, used = await registry.score(
             model,
             parsed["images"],
@@ -195,143 +270,3 @@ async def _infer(request: Request, scoring: Scoring) -> Response:
         media_type="application/octet-stream",
         headers={"Inference-Header-Content-Length": str(len(head))},
     )
-
-
-def _fail(message: str, code: str = "invalid_tensor") -> NoReturn:
-    raise ApiError(400, code, message)
-
-
-def parse_request(
-    body: bytes, header_length: str | None, model: ServedModel, max_images: int
-) -> dict:
-    """A v2 inference request -> images, score, alpha, requested outputs {name: binary}, id."""
-    binary = b""
-    if header_length is not None:
-        if not header_length.strip().isdigit() or int(header_length) > len(body):
-            _fail(
-                f"Inference-Header-Content-Length {header_length!r} does not fit a body of "
-                f"{len(body)} bytes",
-                "invalid_request",
-            )
-        size = int(header_length)
-        body, binary = body[:size], body[size:]
-    try:
-        request = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
-        _fail(f"the request is not valid JSON ({error})", "invalid_json")
-    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
-        _fail('expected a JSON object with an "inputs" list', "invalid_request")
-    name = model.detector.spec.input.name
-    label_spec = model.detector.spec.labels
-    tensors = request["inputs"]
-    if not label_spec:
-        if len(tensors) != 1 or not isinstance(tensors[0], dict):
-            _fail(f"expected exactly one input tensor, {name!r}")
-        images = _input_tensor(tensors[0], binary, model, max_images)
-        labels = None
-    else:
-        by_name = {t.get("name"): t for t in tensors if isinstance(t, dict)}
-        if len(tensors) != 2 or set(by_name) != {name, label_spec.input}:
-            _fail(
-                f"this class-conditional model takes two input tensors, {name!r} and "
-                f"{label_spec.input!r} (one class per image)"
-            )
-        images = _input_tensor(by_name[name], binary, model, max_images)
-        labels = _labels_tensor(by_name[label_spec.input], len(images))
-
-    parameters = request.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        _fail('"parameters" must be an object', "invalid_request")
-    alpha = parameters.get("alpha")
-    if alpha is not None:
-        if isinstance(alpha, bool) or not isinstance(alpha, int | float):
-            _fail(f"parameter alpha must be a number in (0, 1), got {alpha!r}", "invalid_alpha")
-        try:
-            alpha = check_alpha(alpha)
-        except InputError as error:
-            _fail(f"parameter {error}", "invalid_alpha")
-    score = parameters.get("score")
-    if score is not None and not isinstance(score, str):
-        _fail(f"parameter score must be a string, got {score!r}", "invalid_request")
-    binary_default = bool(parameters.get("binary_data_output", False))
-
-    outputs: dict[str, bool] = {}
-    for item in request.get("outputs") or [{"name": n} for n in DEFAULT_OUTPUTS]:
-        if not isinstance(item, dict) or item.get("name") not in OUTPUTS:
-            _fail(f"unknown output {item!r}; outputs are {list(OUTPUTS)}", "invalid_request")
-        item_parameters = item.get("parameters") or {}
-        outputs[item["name"]] = bool(item_parameters.get("binary_data", binary_default))
-    return {
-        "images": images,
-        "labels": labels,
-        "score": score,
-        "alpha": alpha,
-        "outputs": outputs,
-        "id": request.get("id"),
-    }
-
-
-def _labels_tensor(tensor: dict, count: int) -> list:
-    """The labels input of a conditional model: integers as JSON data, one per image."""
-    if tensor.get("datatype") not in ("INT64", "INT32", "INT16", "INT8", "UINT8", "UINT16"):
-        _fail(f"labels datatype must be an integer type (INT64), got {tensor.get('datatype')!r}")
-    if tensor.get("shape") != [count]:
-        _fail(f"labels shape {tensor.get('shape')!r}; one class per image needs [{count}]")
-    if "binary_data_size" in (tensor.get("parameters") or {}):
-        _fail("send labels as JSON data (binary data is accepted for the images only)")
-    data = tensor.get("data")
-    if not isinstance(data, list) or len(data) != count:
-        _fail(f"labels data must be a list of {count} whole numbers", "invalid_labels")
-    return data
-
-
-def _input_tensor(tensor: dict, binary: bytes, model: ServedModel, max_images: int) -> np.ndarray:
-    name = model.detector.spec.input.name
-    channels, height, width = model.detector.input_shape
-    if tensor.get("name") != name:
-        _fail(f"input is named {tensor.get('name')!r}; this model's input is {name!r}")
-    if tensor.get("datatype") != "UINT8":
-        _fail(f"input datatype must be UINT8, got {tensor.get('datatype')!r}")
-    shape = tensor.get("shape")
-    wanted = [channels, height, width]
-    ok_shape = (
-        isinstance(shape, list)
-        and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
-        and (shape[1:] == wanted or (channels == 1 and shape[1:] == wanted[1:]))
-    )
-    if not ok_shape:
-        accepted = f"[B, {channels}, {height}, {width}]" + (
-            f" or [B, {height}, {width}]" if channels == 1 else ""
-        )
-        _fail(f"input shape {shape!r}; this model takes {accepted}")
-    count = shape[0]
-    if count < 1:
-        _fail("the input holds no images", "no_images")
-    if count > max_images:
-        raise ApiError(
-            413, "too_many_images", f"{count} images in one request; the limit is {max_images}"
-        )
-    size = count * channels * height * width
-    parameters = tensor.get("parameters") or {}
-    if "binary_data_size" in parameters:
-        declared = parameters["binary_data_size"]
-        if declared != size or len(binary) != size:
-            _fail(
-                f"binary input of {len(binary)} bytes (declared {declared!r}) for shape "
-                f"{shape}, which needs {size}"
-            )
-        array = np.frombuffer(binary, dtype=np.uint8)
-    else:
-        if binary:
-            _fail("binary data follows the JSON header but no input declares binary_data_size")
-        data = tensor.get("data")
-        try:
-            array = np.asarray(data)
-        except ValueError:
-            array = np.asarray(None)
-        if array.dtype.kind not in "iuf":
-            _fail("input data must be numbers (0..255)", "invalid_pixels")
-        if array.size != size:
-            _fail(f"input data holds {array.size} values; shape {shape} needs {size}")
-        array = pixels(array.ravel(), "input")
-    return array.reshape(count, channels, height, width)

@@ -18,9 +18,11 @@ import detectors
 
 from . import api_v1, api_v2
 from .deps import MetricsDep, RegistryDep
+from .docs import install_docs
 from .errors import install_error_handlers
 from .metrics import CONTENT_TYPE, Metrics
 from .middleware import BodyLimit, RequestMetrics
+from .openapi import install_openapi
 from .registry import ModelRegistry
 from .settings import Settings
 
@@ -55,6 +57,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI
         title="normalcy",
         version=detectors.__version__,
         lifespan=lifespan,
+        docs_url=None,  # served by install_docs, from the package's own files
+        redoc_url=None,  # ReDoc loads its logo from a CDN: no /redoc
         # Metrics are Prometheus (service/metrics.py); FastAPI's OpenTelemetry hooks stay off
         # rather than cost a check on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -64,6 +68,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> FastAPI
     app.state.settings = settings
     app.state.metrics = metrics or Metrics()
     install_error_handlers(app)
+    install_docs(app)
+    install_openapi(app, key_required=settings.api_key is not None)
     app.include_router(api_v1.router)
     app.include_router(api_v2.router)
 

@@ -36,8 +36,11 @@ class Sliceable(Protocol):
 ExecuteFn = Callable[[Hashable, np.ndarray, np.ndarray | None], Sliceable]
 
 
+REJECTION_REASONS = ("queue_full", "shutting_down")
+
+
 class Rejected(Exception):
-    """The batcher refused work: `reason` is queue_full or shutting_down."""
+    """The batcher refused work: `reason` is one of REJECTION_REASONS."""
 
     def __init__(self, message: str, *, reason: str):
         super().__init__(message)

@@ -1,4 +1,6 @@
-"""HTTP errors: every error answer is `{"error": {"code": ..., "message": ...}}`.
+"""HTTP errors: every error answer is `{"error": {"code": ..., "message": ...}}`, except under
+/v2, where the Open Inference Protocol puts a plain string under "error" (Triton's and KServe's
+clients read it as one): `{"error": "...", "code": ...}` there.
 
 Library code raises InputError/BundleError; only service/ turns them into status codes.
 """
@@ -42,14 +44,25 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def error_body(code: str, message: str) -> dict:
+V2_PREFIX = "/v2"
+
+
+def error_body(code: str, message: str, *, v2: bool = False) -> dict:
+    if v2:  # the protocol's shape; the code rides along for people and logs
+        return {"error": message, "code": code}
     return {"error": {"code": code, "message": message}}
 
 
 def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+    path = request.url.path
+    v2 = path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+    return JSONResponse(error_body(code, message, v2=v2), status_code=status, headers=headers)
 
 
 def _where(location: tuple) -> str:
@@ -59,30 +72,33 @@ def _where(location: tuple) -> str:
     return f"{name} ({source})" if source in ("query", "path", "header") else name
 
 
-async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-    return error_response(exc.status, exc.code, exc.message, exc.headers)
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return error_response(request, exc.status, exc.code, exc.message, exc.headers)
 
 
-async def _input_error(_: Request, exc: InputError) -> JSONResponse:
-    return error_response(400, "invalid_input", str(exc))
+async def _input_error(request: Request, exc: InputError) -> JSONResponse:
+    return error_response(request, 400, "invalid_input", str(exc))
 
 
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = _HTTP_CODES.get(exc.status_code, "error")
-    return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+    headers = getattr(exc, "headers", None)
+    return error_response(request, exc.status_code, code, str(exc.detail), headers)
 
 
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     problems = [
         f"{_where(tuple(e.get('loc', ())))}: {e.get('msg', 'invalid')}" for e in exc.errors()
     ]
-    return error_response(422, "invalid_request", "; ".join(problems) or "invalid request")
+    message = "; ".join(problems) or "invalid request"
+    return error_response(request, 422, "invalid_request", message)
 
 
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # A bug or a broken model, not bad input: log it with its traceback, say little.
     log.error("unhandled error: %r", exc, exc_info=exc)
-    return error_response(500, "internal_error", "internal error; the server log has details")
+    message = "internal error; the server log has details"
+    return error_response(request, 500, "internal_error", message)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -52,12 +52,17 @@ class BodyLimit:
     """Refuses request bodies over `max_bytes` with 413, by Content-Length or by counting chunks.
 
     The error is raised when the app reads the body, so it is answered by the app's own error
-    handler (same JSON shape, same metrics) and bodies nobody reads are never counted.
+    handler (same JSON shape, same metrics) and bodies nobody reads are never counted. Before the
+    413 the rest of the body is read and dropped, up to `drain_bytes` in all: a client that sends
+    its whole body before reading the answer (urllib, and any client that says `Connection:
+    close`) would otherwise see its connection reset instead of the 413. The answer says
+    `Connection: close`, so the client does not send its next request on that connection.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, drain_bytes: int | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.drain_bytes = drain_bytes if drain_bytes is not None else drain_limit(max_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,18 +74,37 @@ class BodyLimit:
 
         def too_large(size: str) -> ApiError:
             msg = f"request body of {size} bytes exceeds the limit of {limit} bytes"
-            return ApiError(413, "body_too_large", msg)
+            return ApiError(413, "body_too_large", msg, {"Connection": "close"})
+
+        async def drain(seen: int) -> None:
+            while seen <= self.drain_bytes:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                seen += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
 
         async def counted_receive() -> Message:
             nonlocal received
             if declared is not None and declared.isdigit() and int(declared) > limit:
+                if int(declared) <= self.drain_bytes:
+                    await drain(0)
                 raise too_large(declared.decode())
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    if message.get("more_body", False):
+                        await drain(received)
                     size = f"more than {limit}"
                     raise too_large(size)
             return message
 
         await self.app(scope, counted_receive, send)
+
+
+def drain_limit(max_bytes: int) -> int:
+    """How much of an oversized body is read before the 413: four times the limit, and at least
+    64 MiB, past what loopback and LAN socket buffers hold."""
+    return max(4 * max_bytes, 64 * 2**20)

@@ -9,6 +9,7 @@ batch of already-checked images into a ScoreResult that is sliced back to the re
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Hashable
 from pathlib import Path
@@ -19,11 +20,13 @@ from detectors import Detector, ScoreResult
 from detectors.calibration import check_alpha
 from detectors.drift import DriftMonitor
 from detectors.errors import InputError
+from detectors.histogram import HistogramLimits, robust_limits
 
 from .batcher import Arrival, BatchStats, MicroBatcher
 from .errors import ApiError
 from .metrics import Metrics
 from .settings import Settings
+from .statistics import ModelStatistics
 
 Signature = tuple[int, int]  # (mtime_ns, size): cheap change detection before hashing
 
@@ -46,6 +49,8 @@ class ServedModel:
         self.detector = detector
         self.metrics = metrics
         self.loaded_at = time.time()
+        self.show_data_paths = settings.show_data_paths
+        self.statistics = ModelStatistics()
         self.drift = DriftMonitor(
             settings.drift_window,
             settings.drift_min_samples,
@@ -94,6 +99,24 @@ class ServedModel:
     ) -> ScoreResult:
         """Score images through the micro-batcher; ApiError for what the caller got wrong, Rejected
         when the batcher cannot take the work. A conditional model needs one label per image."""
+        started = time.perf_counter()
+        try:
+            result = await self._score(images, score, alpha, heatmap, arrival, labels)
+        except Exception:
+            self.statistics.request_done(time.perf_counter() - started, images=0, ok=False)
+            raise
+        self.statistics.request_done(time.perf_counter() - started, images=len(result), ok=True)
+        return result
+
+    async def _score(
+        self,
+        images: np.ndarray,
+        score: str | None,
+        alpha: float | None,
+        heatmap: bool,
+        arrival: Arrival | None,
+        labels,
+    ) -> ScoreResult:
         detector = self.detector
         try:
             name = detector.score_name(score)
@@ -132,14 +155,14 @@ class ServedModel:
         m, model = self.metrics, self.name
         m.images_scored.labels(model).inc(len(result))
         m.anomalies.labels(model).inc(int(result.is_anomaly.sum()))
-        score_hist, p_hist = m.score.labels(model, result.score_name), m.p_value.labels(model)
-        for value in result.scores.tolist():
-            score_hist.observe(value)
+        m.score.observe(model, result.score_name, result.scores)
+        p_hist = m.p_value.labels(model)
         for value in result.p_values.tolist():
             p_hist.observe(value)
         self.drift.update(result.p_values)
 
     def _observe_batch(self, stats: BatchStats) -> None:
+        self.statistics.batch_done(stats.seconds)
         self.metrics.inference_duration.labels(self.name).observe(stats.seconds)
         self.metrics.batch_size.labels(self.name).observe(stats.images)
 
@@ -175,16 +198,16 @@ class ServedModel:
             "loaded_at": self.loaded_at,
         }
         if not full:
-            return summary
+            return self._public(summary)
         scores = {}
         for name, score in spec.scores.items():
             reference = d.reference(name)
-            counts, edges = np.histogram(reference, bins=min(30, max(1, len(reference) // 5)))
+            threshold = self.threshold(name, d.default_alpha)
             scores[name] = {
                 **{k: v for k, v in score.to_json().items() if k != "reference"},
                 "reference_size": len(reference),
-                "threshold": self.threshold(name, d.default_alpha),
-                "reference_histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
+                "threshold": threshold,
+                "reference_histogram": reference_histogram(reference, threshold),
             }
         summary.update(
             scores=scores,
@@ -198,4 +221,50 @@ class ServedModel:
                 "queue_capacity": self.batcher.capacity,
             },
         )
-        return summary
+        return self._public(summary)
+
+    def _public(self, description: dict) -> dict:
+        """Server-side folders stay on the server unless the operator says otherwise: the data
+        that training and calibration name (the rest holds no paths, but units like bits/dim)."""
+        if self.show_data_paths:
+            return description
+        sections = [key for key in ("calibration", "training") if key in description]
+        return {**description, **{key: without_directories(description[key]) for key in sections}}
+
+
+def reference_histogram(reference: np.ndarray, threshold: float | None) -> dict:
+    """The calibration scores as the web page draws them: bins between robust limits (0.5th and
+    99.5th percentile, widened to the threshold, which is always shown), the scores beyond a limit
+    drawn in its edge bin and counted in `below` and `above`."""
+    limits = robust_limits(reference)
+    if threshold is not None:
+        limits = HistogramLimits(min(limits.low, threshold), max(limits.high, threshold))
+    counts, edges = np.histogram(
+        limits.clip(reference), bins=limits.bins(min(30, max(1, len(reference) // 5)))
+    )
+    below, above = limits.outside(reference)
+    return {"edges": edges.tolist(), "counts": counts.tolist(), "below": below, "above": above}
+
+
+_SOURCE = re.compile(r"^([A-Za-z][\w+.-]*:)?(.*)$")  # "idx:/data/x.gz" -> "idx:", "/data/x.gz"
+
+
+def without_directories(value):
+    """`value` (JSON) with every path-like word cut to its last part: "idx:/data/mnist/t10k.gz
+    (calibration split)" -> "idx:t10k.gz (calibration split)". Sources name their data by file or
+    folder; where that file lives on the server is nobody's business but the operator's."""
+    if isinstance(value, dict):
+        return {key: without_directories(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_directories(item) for item in value]
+    if isinstance(value, str) and ("/" in value or "\\" in value):
+        return " ".join(_last_part(word) for word in value.split(" "))
+    return value
+
+
+def _last_part(word: str) -> str:
+    prefix, rest = _SOURCE.match(word).groups()
+    if "/" not in rest and "\\" not in rest:
+        return word
+    name = rest.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return (prefix or "") + name

@@ -21,7 +21,7 @@ from detectors.bundle import Bundle
 
 from .batcher import Rejected
 from .errors import ApiError
-from .metrics import Metrics
+from .metrics import Metrics, score_buckets
 from .model import ServedModel, Signature
 from .settings import Settings
 
@@ -207,6 +207,10 @@ class ModelRegistry:
             provider=detector.provider,
             alpha=detector.default_alpha,
             capacity=s.max_queue_images,
+            score_buckets={
+                score: score_buckets(detector.reference(score), model.threshold(score, None))
+                for score in detector.score_names
+            },
         )
         log.info(
             "serving model %r version %s (%s) from %s on %s, %d thread(s)%s",

@@ -1,7 +1,7 @@
 """HTTP request bodies -> uint8 image batches (B, C, H, W) for one model, or a clear 4xx.
 
 Accepted on POST /v1/models/{name}/score:
-- multipart/form-data: every file part is one encoded image (PNG, JPEG, BMP, TIFF, ...);
+- multipart/form-data: every file part is one encoded image (PNG, JPEG, BMP or TIFF, one frame);
 - application/json: {"images": [...]}, each a base64 string of an encoded image or a nested array
   of pixel values 0..255, shaped (H, W) for grey models or (C, H, W);
 - image/* or application/octet-stream: the body is one encoded image.
@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from detectors.errors import InputError
-from detectors.images import InputSpec, decode_image, to_uint8
+from detectors.errors import InputError, MultiFrameImage, UnsupportedImageFormat
+from detectors.images import InputSpec, decode_image, open_image, to_uint8
 
 from .errors import ApiError
+from .settings import Settings
 
 # Bodies below this parse on the event loop: a thread hop costs more than parsing a few images.
 INLINE_PARSE_BYTES = 64 * 1024
@@ -39,12 +38,28 @@ async def parse(body_bytes: int, function, *args):
     return await run_in_threadpool(function, *args)
 
 
+# With no max_pixels set, an encoded image may hold this many times the model's input pixels:
+# 8x its width and height, room for any sensible photo of what a model of that size looks at.
+PIXELS_PER_INPUT_PIXEL = 64
+# JSON values beyond pixels and labels: parameters, tensor shapes, requested outputs.
+JSON_VALUES_BESIDES_IMAGES = 1024
+
+
 @dataclass(frozen=True)
 class Limits:
-    """What one request may send: pixels per image (before decoding) and images."""
+    """What one request may send to one model: decoded pixels per encoded image (before
+    decoding), images, and values in a JSON body (images x (the model's input size + a label))."""
 
-    max_pixels: int
+    max_pixels_per_image: int
     max_images: int
+    max_json_values: int
+
+    @classmethod
+    def of(cls, spec: InputSpec, settings: Settings) -> Limits:
+        input_pixels = spec.height * spec.width
+        per_image = settings.max_pixels or PIXELS_PER_INPUT_PIXEL * input_pixels
+        images = settings.max_images_per_request
+        return cls(per_image, images, images * (spec.channels * input_pixels + 1))  # + a label
 
 
 @dataclass
@@ -67,16 +82,21 @@ def decode(data: bytes, spec: InputSpec, limits: Limits, name: str) -> np.ndarra
     if not data:
         raise ApiError(400, "empty_image", f"{name}: empty file, expected an encoded image")
     try:  # the header alone gives the size: refuse bombs before decoding them
-        with Image.open(io.BytesIO(data)) as header:
+        with open_image(data, name) as header:
             width, height = header.size
     except Exception:
         width = height = 0  # let decode_image say what is wrong
-    if width * height > limits.max_pixels:
+    most = limits.max_pixels_per_image
+    if width * height > most:
         pixels = width * height
-        msg = f"{name}: {width}x{height} = {pixels} pixels exceeds the limit of {limits.max_pixels}"
+        msg = f"{name}: {width}x{height} = {pixels} pixels exceeds the limit of {most} per image"
         raise ApiError(413, "image_too_large", msg)
     try:
-        image = decode_image(data, max_pixels=limits.max_pixels, name=name)
+        image = decode_image(data, max_pixels=most, name=name)
+    except UnsupportedImageFormat as error:
+        raise ApiError(415, "unsupported_image_format", str(error)) from None
+    except MultiFrameImage as error:
+        raise ApiError(400, "multi_frame_image", str(error)) from None
     except InputError as error:
         raise ApiError(400, "invalid_image", str(error)) from None
     try:
@@ -111,11 +131,30 @@ def pixel_array(value, spec: InputSpec, name: str) -> np.ndarray:
     return pixels(array, name)
 
 
-def from_json(body: bytes, spec: InputSpec, limits: Limits) -> ParsedImages:
+def load_json(body: bytes, limits: Limits):
+    """Parse a JSON body whose values the model could take, or refuse it before parsing.
+
+    Parsed, every JSON value is a Python object of 30 to 60 bytes, ten or more times what its text
+    costs: a 16 MiB flat array used to cost 150 MB. The values of a body are at most its commas
+    plus one, counted without allocating, so a body that holds more values than the request's
+    images could (max images x the model's input size) is refused unparsed; what is parsed costs
+    memory in proportion to what the model takes, whatever the body limit.
+    """
+    values = body.count(b",") + 1
+    if values > limits.max_json_values + JSON_VALUES_BESIDES_IMAGES:
+        msg = (
+            f"the JSON body holds up to {values} values; {limits.max_images} images of this "
+            f"model's input size (and their labels) hold {limits.max_json_values}"
+        )
+        raise ApiError(413, "too_many_values", msg)
     try:
-        document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:  # ValueError: >4300 digits
         raise ApiError(400, "invalid_json", f"the body is not valid JSON ({error})") from None
+
+
+def from_json(body: bytes, spec: InputSpec, limits: Limits) -> ParsedImages:
+    document = load_json(body, limits)
     if not isinstance(document, dict) or not isinstance(document.get("images"), list):
         msg = 'expected a JSON object {"images": [...]} (base64 strings or nested pixel arrays)'
         raise ApiError(400, "invalid_request", msg)

@@ -54,4 +54,19 @@ class ReloadResponse(BaseModel):
     failed: dict[str, str]
 
 
+class V2ErrorResponse(BaseModel):
+    """The Open Inference Protocol's error shape (a plain string), normalcy's code beside it."""
+
+    error: str = Field(description="what went wrong")
+    code: str = Field(examples=["unknown_model"], description="normalcy's stable error code")
+
+
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 429, 503)}
+
+
+def v2_errors(*statuses: int) -> dict:
+    """`responses=` for a /v2 route that can answer these statuses."""
+    return {status: {"model": V2ErrorResponse} for status in statuses}
+
+
+V2_INFER_ERRORS = v2_errors(400, 401, 404, 413, 415, 429, 503)

@@ -35,11 +35,23 @@ class Settings(BaseSettings):
     # Limits on what one request may send.
     max_images_per_request: int = Field(256, ge=1)
     max_body_bytes: int = Field(16 * 2**20, ge=1024)
-    max_pixels: int = Field(4_000_000, ge=1, description="per decoded image (decompression bombs)")
+    max_pixels: int | None = Field(
+        None,
+        ge=1,
+        description="decoded pixels (width x height) per encoded image, checked before decoding "
+        "(decompression bombs); default: 64 x the model's input pixels (64x64 for an 8x8 model)",
+    )
 
     # Security: scoring is open unless api_key is set; admin endpoints are off unless admin_key is.
     api_key: SecretStr | None = None
     admin_key: SecretStr | None = None
+
+    # What the service tells its callers about the bundles.
+    show_data_paths: bool = Field(
+        False,
+        description="answer the data paths a bundle records (training, calibration) in full; "
+        "by default only their last part, so server folders stay private",
+    )
 
     # Hot swap, drift, shutdown, logs.
     watch_interval_s: float = Field(

@@ -5,7 +5,8 @@
 const CONCURRENT_REQUESTS = 4; // one image per request: the server's micro-batcher groups them
 const HEAT_FULL_Z = 3; // a heat-map z-score of 3 or more is drawn fully red
 
-const state = { model: null, meta: null, queue: [], running: 0, done: 0, anomalies: 0 };
+// Images scored, flagged as anomalous (among the scored) and failed (the server said no): apart.
+const state = { model: null, meta: null, queue: [], running: 0, scored: 0, flagged: 0, failed: 0 };
 const $ = (selector, root = document) => root.querySelector(selector);
 
 function element(tag, attributes = {}, children = []) {
@@ -128,7 +129,6 @@ function pump() {
     state.running += 1;
     scoreOne(job).finally(() => {
       state.running -= 1;
-      state.done += 1;
       updateSummary();
       pump();
     });
@@ -138,21 +138,31 @@ function pump() {
 
 function updateSummary() {
   const waiting = state.queue.length + state.running;
+  const status = $("#status");
+  status.dataset.scored = String(state.scored);
+  status.dataset.flagged = String(state.flagged);
+  status.dataset.failed = String(state.failed);
+  const failed = state.failed ? `; ${state.failed} failed (see their cards)` : "";
   setStatus(waiting ? `Scoring: ${waiting} image(s) to go...`
-    : `${state.done} image(s) scored, ${state.anomalies} flagged as anomalous.`);
+    : `${state.scored} image(s) scored, ${state.flagged} flagged as anomalous${failed}.`,
+  state.failed > 0 && !waiting);
 }
 
 async function scoreOne({ file, card, model, meta, options }) {
   const params = new URLSearchParams(options);
   const form = new FormData();
   form.append("images", file, file.name);
+  let scored = false;
   try {
     const answer = await api(`/v1/models/${encodeURIComponent(model)}/score?${params}`,
       { method: "POST", body: form });
     const result = answer.results[0];
-    if (result.is_anomaly) state.anomalies += 1;
+    scored = true;
+    state.scored += 1;
+    if (result.is_anomaly) state.flagged += 1;
     await showResult(card, file, result, meta, answer, options);
   } catch (error) {
+    if (!scored) state.failed += 1; // the server's refusal; a drawing error leaves the count
     card.dataset.state = "error";
     card.append(element("p", { class: "error", text: error.message }));
   }
@@ -167,15 +177,16 @@ function resultCard(file) {
 async function showResult(card, file, result, meta, answer, options) {
   const [channels, height, width] = meta.input.shape;
   const input = await modelView(file, channels, height, width);
-  const overlay = heatOverlay(input, result.heatmap, answer.heatmap_units, width, height);
+  const heat = heatOverlay(input, result.heatmap, answer.heatmap_units, width, height);
   const pictures = element("div", { class: "pictures" }, [
     element("figure", {}, [input || blankCanvas(width, height),
       element("figcaption", { text: input ? `as the model sees it (${width}x${height})` : "no preview" })]),
   ]);
-  if (overlay) {
-    pictures.append(element("figure", {}, [overlay, element("figcaption", {
-      text: answer.heatmap_units === "z-score" ? "heat map: red = unlike normal images here"
-        : "heat map: red = many bits here" })]));
+  if (heat) {
+    pictures.append(element("figure", {}, [heat.canvas, heatScale(answer.heatmap_units, heat.top),
+      element("figcaption", {
+        text: answer.heatmap_units === "z-score" ? "heat map: red = unlike normal images here"
+          : "heat map: red = many bits here" })]));
   }
   const decision = element("span", { class: `decision ${result.is_anomaly ? "anomaly" : "normal"}`,
     text: result.is_anomaly ? "anomaly" : "normal" });
@@ -252,31 +263,42 @@ function heatOverlay(input, heatmap, units, width, height) {
     d[4 * k + 3] = 255;
   }
   context.putImageData(pixels, 0, 0);
-  return canvas;
+  return { canvas, top };
+}
+
+function heatScale(units, top) {
+  // The overlay's colour scale: transparent at 0, full red at `top`, in the heat map's own unit.
+  const unit = units === "z-score" ? "z-score" : "bits";
+  const most = units === "z-score" ? `${top}+` : formatNumber(top);
+  return element("div", { class: "heat-scale", "data-units": unit, "data-max": String(top),
+    title: `colour scale: 0 to ${most} ${unit} per pixel` }, [
+    element("span", { class: "ramp" }),
+    element("span", { class: "low", text: "0" }),
+    element("span", { class: "high", text: `${most} ${unit}` }),
+  ]);
+}
+
+function formatNumber(value) {
+  return Math.abs(value) >= 100 || value === 0 ? value.toFixed(0) : value.toPrecision(3);
 }
 
 function histogram(meta, result) {
-  // The calibration reference of this score (normal images the model never trained on), this
-  // image's score on it, and the decision threshold.
+  // The calibration reference of this score (normal images the model never trained on) between
+  // robust limits (0.5th-99.5th percentile, widened to the threshold), this image's score on it and
+  // the decision threshold. The server draws reference scores beyond a limit in its edge bin and
+  // counts them; an image scored beyond a limit is marked at that edge with its value.
   const spec = meta.scores[result.score_name];
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
-  const W = 320, H = 140, left = 8, right = 8, top = 28, bottom = 20;
+  const W = 320, H = 150, left = 10, right = 10, top = 30, bottom = 20;
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   svg.setAttribute("class", "histogram");
   svg.setAttribute("role", "img");
   const hist = spec && spec.reference_histogram;
   if (!hist || !hist.counts.length) return svg;
   const edges = hist.edges, counts = hist.counts;
-  let lo = Math.min(edges[0], result.score), hi = Math.max(edges[edges.length - 1], result.score);
-  if (result.threshold !== null) {
-    lo = Math.min(lo, result.threshold);
-    hi = Math.max(hi, result.threshold);
-  }
-  const pad = (hi - lo) * 0.04 || 1;
-  lo -= pad;
-  hi += pad;
-  const x = (v) => left + (v - lo) / (hi - lo) * (W - left - right);
+  const lo = edges[0], hi = edges[edges.length - 1];
+  const x = (v) => left + (Math.min(Math.max(v, lo), hi) - lo) / (hi - lo || 1) * (W - left - right);
   const most = Math.max(...counts, 1);
   const add = (tag, attributes, text) => {
     const node = document.createElementNS(ns, tag);
@@ -291,18 +313,36 @@ function histogram(meta, result) {
       width: Math.max(x(edges[i + 1]) - x(edges[i]) - 0.5, 0.5), height: h });
   });
   add("line", { x1: left, x2: W - right, y1: H - bottom, y2: H - bottom, stroke: "#999" });
+  if (hist.below) add("text", { class: "outside below", x: left, y: top - 4 }, `\u2039 ${hist.below} below`);
+  if (hist.above) {
+    add("text", { class: "outside above", x: W - right, y: top - 4, "text-anchor": "end" },
+      `${hist.above} above \u203a`);
+  }
   if (result.threshold !== null) {
-    add("line", { class: "threshold", x1: x(result.threshold), x2: x(result.threshold),
-      y1: top - 6, y2: H - bottom });
+    const tx = x(result.threshold);
+    add("line", { class: "threshold", x1: tx, x2: tx, y1: top - 2, y2: H - bottom });
+    const beyond = result.threshold < lo ? "\u2039 " : result.threshold > hi ? " \u203a" : "";
+    // Under the axis, between its end labels: near the line, never over the limits' values.
+    add("text", { class: "threshold-label", x: Math.min(Math.max(tx, 90), W - 90), y: H - 4,
+      "text-anchor": "middle" }, `threshold ${formatNumber(result.threshold)}${beyond}`);
   }
   const colour = result.is_anomaly ? "#c62828" : "#2e7d32";
-  add("line", { class: "marker", x1: x(result.score), x2: x(result.score), y1: top, y2: H - bottom,
-    stroke: colour });
-  add("circle", { cx: x(result.score), cy: top, r: 4, fill: colour });
-  add("text", { x: left, y: H - 6 }, lo.toFixed(2));
-  add("text", { x: W - right, y: H - 6, "text-anchor": "end" }, hi.toFixed(2));
+  const sx = x(result.score);
+  add("line", { class: "marker", x1: sx, x2: sx, y1: top + 6, y2: H - bottom, stroke: colour });
+  if (result.score < lo || result.score > hi) {
+    // Beyond the axis: an arrow at the edge, and the value, so the axis need not stretch to it.
+    const side = result.score > hi ? "above" : "below";
+    const arrow = side === "above" ? `${formatNumber(result.score)} \u2192` : `\u2190 ${formatNumber(result.score)}`;
+    svg.dataset.scoreOutside = side;
+    add("text", { class: `outside-marker ${side}`, x: sx, y: top + 2, fill: colour,
+      "text-anchor": side === "above" ? "end" : "start" }, `this image ${arrow}`);
+  } else {
+    add("circle", { cx: sx, cy: top + 6, r: 4, fill: colour });
+  }
+  add("text", { class: "axis low", x: left, y: H - 4 }, formatNumber(lo));
+  add("text", { class: "axis high", x: W - right, y: H - 4, "text-anchor": "end" }, formatNumber(hi));
   add("text", { x: left, y: 10 },
-    `among ${counts.reduce((a, b) => a + b, 0)} calibration scores; dashed: threshold`);
+    `${result.score_name} of ${spec.reference_size} calibration images; dashed: threshold`);
   add("title", {}, `this image's score ${result.score.toFixed(4)} among the calibration scores`);
   return svg;
 }

@@ -263,3 +263,20 @@ def test_metrics_through_prometheus_match_the_traffic_and_the_rules_evaluate(
         timeout=10,
     ).json()["data"]
     assert values == [MODEL]
+
+
+def test_counters_are_there_at_zero_before_the_first_event(service, prometheus):
+    """rate() over the labelled counters answers 0, not "no data", on a service that has shed
+    nothing and swapped nothing yet; and no `_created` series reach Prometheus."""
+    rejected = reloads = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        rejected = _query(prometheus, f'rate(normalcy_rejected_total{{model="{MODEL}"}}[5s])')
+        reloads = _query(prometheus, f'rate(normalcy_model_reloads_total{{model="{MODEL}"}}[5s])')
+        if len(rejected) == 2 and reloads:
+            break
+        time.sleep(1)
+    assert {r["metric"]["reason"] for r in rejected} == {"queue_full", "shutting_down"}
+    assert [float(r["value"][1]) for r in rejected + reloads] == [0.0, 0.0, 0.0]
+    names = httpx.get(f"{prometheus}/api/v1/label/__name__/values", timeout=10).json()["data"]
+    assert [n for n in names if n.startswith("normalcy_") and n.endswith("_created")] == []

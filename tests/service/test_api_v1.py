@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
 from detectors import Detector
+from detectors.bundle import Bundle, write_bundle
+from service.app import create_app
 from service.schemas import ScoreResponse
+from service.settings import Settings
 
 
 def test_multipart_upload_scores_every_image_like_the_detector(
@@ -113,6 +118,23 @@ def test_docs_and_openapi_are_served(client):
     assert "/v2/models/{name}/infer" in paths
 
 
+@pytest.mark.parametrize("page", ["/docs"])
+def test_the_docs_pages_load_nothing_from_outside(client, page):
+    import re
+
+    html = client.get(page)
+    assert html.status_code == 200
+    urls = re.findall(r"""(?:src|href|spec-url)\s*=\s*["']([^"']+)["']""", html.text)
+    urls += re.findall(r"""url\s*:\s*["']([^"']+)["']""", html.text)  # the spec, in the script
+    assert any(u.endswith(".js") for u in urls), urls
+    assert "/openapi.json" in urls
+    for url in urls:
+        assert url.startswith("/"), f"{page} loads {url} from elsewhere"
+        assert client.get(url).status_code == 200, url
+    assert "cdn" not in html.text.lower()
+    assert "fonts.googleapis" not in html.text
+
+
 def test_the_root_is_left_to_the_web_page(client):
     # Without service/static/index.html the root is free (the web page's helper adds it).
     from service.app import STATIC_DIR
@@ -139,3 +161,35 @@ def test_bundles_with_a_probability_map_answer_p_anomaly(tmp_path, vae_bundle, d
         body = client.post("/v1/models/mapped/score", json={"images": digit_images.tolist()}).json()
     probabilities = [r["probability"] for r in body["results"]]
     assert all(0.0 <= p <= 1.0 for p in probabilities)
+
+
+@pytest.mark.parametrize("show", [False, True])
+def test_server_folders_stay_out_of_answers_unless_asked(tmp_path, vae_bundle, show):
+    bundle = Bundle.read(vae_bundle)
+    spec = bundle.spec
+    spec = replace(
+        spec,
+        calibration=replace(spec.calibration, data="idx:/srv/secret/t10k.gz (calibration split)"),
+        training=replace(spec.training, data="/srv/secret/normal-images/"),
+    )
+    write_bundle(bundle.model_bytes, spec, tmp_path / "vae.onnx")
+    settings = Settings(models_dir=tmp_path, watch_interval_s=0, show_data_paths=show)
+    with TestClient(create_app(settings)) as client:
+        listing = client.get("/v1/models").text
+        detail = client.get("/v1/models/vae").json()
+    assert ("/srv/secret" in listing + json.dumps(detail)) is show
+    if not show:  # the file and folder names stay: they say what the data was
+        assert detail["calibration"]["data"] == "idx:t10k.gz (calibration split)"
+        assert detail["training"]["data"] == "normal-images"
+
+
+def test_the_pixel_limit_follows_the_models_input_unless_set(make_client, png):
+    # The models take 8x8: by default an image may hold 64 x 64 pixels, 64 times their input.
+    def status(client, side: int) -> int:
+        image = png(np.zeros((side, side), np.uint8))
+        return client.post("/v1/models/vae/score", files=[("images", ("x.png", image))]).status_code
+
+    default = make_client()
+    assert status(default, 64) == 200
+    assert status(default, 65) == 413
+    assert status(make_client(max_pixels=100 * 100), 100) == 200  # the operator's own limit

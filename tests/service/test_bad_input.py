@@ -1,8 +1,10 @@
-"""Every bad input gets a 4xx and {"error": {"code", "message"}}; the service keeps answering."""
+"""Every bad input gets a 4xx and {"error": {"code", "message"}} ({"error": message, "code"} on
+/v2, the Open Inference Protocol's shape); the service keeps answering."""
 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import shutil
 from dataclasses import replace
@@ -57,6 +59,23 @@ def _binary(blob: bytes) -> dict:
     }
 
 
+def _encoded(format: str, frames: int = 1, **options) -> bytes:
+    """An 8x8 grey image encoded by Pillow (several frames or pages when asked)."""
+    from PIL import Image
+
+    images = [Image.fromarray(np.full((8, 8), 40 * i, np.uint8)) for i in range(frames)]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format=format, save_all=frames > 1, append_images=images[1:], **options)
+    return buffer.getvalue()
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n0 0 moveto 8 8 lineto stroke\nshowpage\n"
+
+
+def _upload(data: bytes, name: str = "x.img") -> dict:
+    return {"files": [("images", (name, data, "application/octet-stream"))]}
+
+
 # (case, method, path, request builder (png) -> httpx kwargs, status, code)
 CASES = [
     ("empty body", "post", "/v1/models/vae/score", lambda png: {"content": b""}, 400, "empty_body"),
@@ -83,6 +102,54 @@ CASES = [
         lambda png: {"files": [("images", ("t.png", png(np.full((40, 40), 9, np.uint8))[:60]))]},
         400,
         "invalid_image",
+    ),
+    (
+        "a PNG signature and then junk",
+        "post",
+        "/v1/models/vae/score",
+        lambda png: _upload(b"\x89PNG\r\n\x1a\n not really", "x.png"),
+        400,
+        "invalid_image",
+    ),
+    (
+        "EPS (Ghostscript's format)",
+        "post",
+        "/v1/models/vae/score",
+        lambda png: _upload(EPS, "x.eps"),
+        415,
+        "unsupported_image_format",
+    ),
+    (
+        "GIF",
+        "post",
+        "/v1/models/vae/score",
+        lambda png: _upload(_encoded("GIF"), "x.gif"),
+        415,
+        "unsupported_image_format",
+    ),
+    (
+        "EPS as the body",
+        "post",
+        "/v1/models/vae/score",
+        lambda png: {"content": EPS, "headers": {"content-type": "image/png"}},
+        415,
+        "unsupported_image_format",
+    ),
+    (
+        "multi-page TIFF",
+        "post",
+        "/v1/models/vae/score",
+        lambda png: _upload(_encoded("TIFF", frames=3), "x.tif"),
+        400,
+        "multi_frame_image",
+    ),
+    (
+        "animated PNG",
+        "post",
+        "/v1/models/vae/score",
+        lambda png: _upload(_encoded("PNG", frames=2), "x.png"),
+        400,
+        "multi_frame_image",
     ),
     (
         "unknown model",
@@ -280,6 +347,25 @@ CASES = [
         "no_images",
     ),
     (
+        "more JSON values than the images could hold",
+        "post",
+        "/v1/models/vae/score",
+        lambda png: {"json": {"images": [[0] * 5000]}},
+        413,
+        "too_many_values",
+    ),
+    (
+        "a number of 5000 digits",
+        "post",
+        "/v1/models/vae/score",
+        lambda png: {
+            "content": b'{"images": [[' + b"7" * 5000 + b"]]}",
+            "headers": {"content-type": "application/json"},
+        },
+        400,
+        "invalid_json",
+    ),
+    (
         "invalid base64",
         "post",
         "/v1/models/vae/score",
@@ -390,6 +476,54 @@ CASES = [
         "too_many_images",
     ),
     (
+        "v2 more data values than the images could hold",
+        "post",
+        "/v2/models/vae/infer",
+        lambda png: _v2({"data": [7] * 5000}),
+        413,
+        "too_many_values",
+    ),
+    (
+        "v2 outputs not a list",
+        "post",
+        "/v2/models/vae/infer",
+        lambda png: _v2({}, outputs=5),
+        400,
+        "invalid_request",
+    ),
+    (
+        "v2 tensor parameters not an object",
+        "post",
+        "/v2/models/vae/infer",
+        lambda png: _v2({"parameters": 5}),
+        400,
+        "invalid_request",
+    ),
+    (
+        "v2 output name not a string",
+        "post",
+        "/v2/models/vae/infer",
+        lambda png: _v2({}, outputs=[{"name": ["score"]}]),
+        400,
+        "invalid_request",
+    ),
+    (
+        "v2 id not a string",
+        "post",
+        "/v2/models/vae/infer",
+        lambda png: _v2({}, id=7),
+        400,
+        "invalid_request",
+    ),
+    (
+        "v2 binary_data_output not a boolean",
+        "post",
+        "/v2/models/vae/infer",
+        lambda png: _v2({}, parameters={"binary_data_output": "yes"}),
+        400,
+        "invalid_request",
+    ),
+    (
         "v2 no inputs",
         "post",
         "/v2/models/vae/infer",
@@ -480,10 +614,17 @@ def test_bad_input_gets_a_4xx_with_an_error_body(
 ):
     answer = strict_client.request(method.upper(), path, **build(png))
     assert answer.status_code == status, answer.text
-    error = answer.json()["error"]
+    body = answer.json()
+    if path.startswith("/v2/"):
+        error = {"code": body["code"], "message": body["error"]}
+    else:
+        error = body["error"]
     assert error["code"] == code
     assert isinstance(error["message"], str)
     assert error["message"]
+    if code == "unsupported_image_format":  # the reason, and what is accepted
+        assert "not accepted" in error["message"]
+        assert "PNG" in error["message"]
     # ... and the service still answers.
     good = strict_client.post("/v1/models/vae/score", json={"images": [_grey()]})
     assert good.status_code == 200, good.text
@@ -538,3 +679,9 @@ def test_a_heat_map_is_refused_when_the_bundle_has_none(tmp_path, vae_bundle):
         assert answer.status_code == 400
         assert answer.json()["error"]["code"] == "heatmap_unavailable"
         assert client.post("/v1/models/flat/score", json={"images": [_grey()]}).status_code == 200
+
+
+@pytest.mark.parametrize("format", ["PNG", "JPEG", "BMP", "TIFF"])
+def test_every_accepted_format_scores(strict_client, format):
+    answer = strict_client.post("/v1/models/vae/score", **_upload(_encoded(format), "x"))
+    assert answer.status_code == 200, answer.text

@@ -122,4 +122,4 @@ def test_open_inference_protocol_takes_labels_as_a_second_tensor(client, digits)
     request["inputs"] = request["inputs"][:1]
     answer = client.post("/v2/models/digits/infer", json=request)
     assert answer.status_code == 400
-    assert "two input tensors" in answer.json()["error"]["message"]
+    assert "two input tensors" in answer.json()["error"]  # the v2 shape: a plain string

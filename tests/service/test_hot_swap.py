@@ -90,7 +90,7 @@ def test_an_empty_folder_is_alive_but_not_ready(tmp_path):
         assert client.get("/v2/health/live").status_code == 200
         answer = client.get("/v2/health/ready")
         assert answer.status_code == 503
-        assert answer.json()["error"]["code"] == "not_ready"
+        assert answer.json()["code"] == "not_ready"  # the v2 shape: {"error": message, "code"}
 
 
 # --- concurrency, in one event loop ------------------------------------------------------------

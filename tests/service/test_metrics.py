@@ -72,3 +72,43 @@ def test_unknown_model_names_do_not_create_series(client):
     text = client.get("/metrics").text
     assert "made-up-name" not in text
     assert 'code="404",endpoint="/v1/models/{name}/score",model=""' in text
+
+
+def _buckets(text: str, model: str, score: str) -> dict[float, float]:
+    pattern = rf'^normalcy_score_bucket\{{le="([^"]+)",model="{model}",score="{score}"\}} (\S+)$'
+    return {float(le): float(n) for le, n in re.findall(pattern, text, re.MULTILINE)}
+
+
+def test_score_buckets_come_from_each_models_calibration_reference(client, vae_bundle):
+    from detectors import Detector
+    from detectors.bundle import Bundle
+
+    detector = Detector(Bundle.read(vae_bundle), device="cpu")
+    text = client.get("/metrics").text
+    for score in detector.score_names:
+        reference = detector.reference(score)
+        bounds = sorted(b for b in _buckets(text, "vae", score) if np.isfinite(b))
+        # Most bounds fall among the reference's own scores, whatever the score's units.
+        inside = [b for b in bounds if reference.min() <= b <= reference.max()]
+        assert len(inside) >= 6, (score, bounds, reference.min(), reference.max())
+        assert detector.threshold(score) in bounds  # "above the threshold" is one bucket
+    # Scoring the calibration's own kind of images spreads over many buckets, not one or two.
+    images = np.random.default_rng(1).integers(0, 17, (40, 8, 8)).tolist()
+    score = detector.default_score
+    client.post("/v1/models/vae/score", json={"images": images})
+    counts = _buckets(client.get("/metrics").text, "vae", score)
+    per_bucket = np.diff([0.0, *(counts[le] for le in sorted(counts))])
+    assert per_bucket.sum() == 40
+    assert per_bucket.max() < 40
+
+
+def test_labelled_counters_exist_at_zero_and_no_created_series(client):
+    text = client.get("/metrics").text  # before any request
+    for model in ("vae", "pixelcnn"):
+        for reason in ("queue_full", "shutting_down"):
+            series = f'normalcy_rejected_total{{model="{model}",reason="{reason}"}}'
+            assert _value(text, series) == 0
+        assert _value(text, f'normalcy_model_reloads_total{{model="{model}"}}') == 0
+        assert _value(text, f'normalcy_model_load_failures_total{{model="{model}"}}') == 0
+        assert _value(text, f'normalcy_anomalies_total{{model="{model}"}}') == 0
+    assert "_created" not in text

@@ -109,6 +109,49 @@ def test_the_official_triton_client_works(model_dir, start_server, digit_images)
         client.close()
 
 
+def test_the_triton_client_reads_v2_errors_config_and_statistics(
+    model_dir, start_server, digit_images
+):
+    httpclient = pytest.importorskip("tritonclient.http")
+    from tritonclient.utils import InferenceServerException
+
+    server = start_server(model_dir)
+    client = httpclient.InferenceServerClient(url=server.url.removeprefix("http://"))
+    try:
+        config = client.get_model_config("vae")
+        assert config["name"] == "vae"
+        assert config["input"][0]["data_type"] == "TYPE_UINT8"
+        assert config["input"][0]["dims"] == list(digit_images.shape[1:])
+        assert {o["name"] for o in config["output"]} >= {"score", "p_value", "is_anomaly"}
+        assert config["max_batch_size"] >= 1
+
+        tensor = httpclient.InferInput("images", list(digit_images.shape), "UINT8")
+        tensor.set_data_from_numpy(digit_images)
+        client.infer("vae", [tensor])
+        stats = client.get_inference_statistics("vae")["model_stats"]
+        assert [s["name"] for s in stats] == ["vae"]
+        assert stats[0]["inference_count"] == len(digit_images)
+        assert stats[0]["inference_stats"]["success"]["count"] == 1
+        every = client.get_inference_statistics()["model_stats"]
+        assert {s["name"] for s in every} == {"pixelcnn", "vae"}
+
+        # Errors carry a plain string, which the client prints as "[status] message".
+        with pytest.raises(InferenceServerException) as unknown:
+            client.get_model_config("nope")
+        assert unknown.value.status() == "404"
+        assert str(unknown.value).startswith("[404] unknown model 'nope'")
+        wrong = httpclient.InferInput("images", list(digit_images.shape), "FP32")
+        wrong.set_data_from_numpy(digit_images.astype(np.float32))
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer("vae", [wrong])
+        assert "UINT8" in str(refused.value)
+        assert client.get_inference_statistics("vae")["model_stats"][0]["inference_count"] == 8
+    finally:
+        client.close()
+    v1 = httpx.get(f"{server.url}/v1/models/nope").json()
+    assert v1["error"]["code"] == "unknown_model"  # /v1 keeps its own shape
+
+
 def test_the_watched_folder_hot_reloads(model_dir, start_server, vae_bundle):
     server = start_server(model_dir, None, "--watch-interval-s", "0.2")
 
@@ -161,3 +204,22 @@ def test_sigterm_drains_requests_in_flight(model_dir, start_server):
     # uvicorn re-raises the signal after a clean shutdown, so the exit status may say SIGTERM.
     assert server.process.wait(30) in (0, -signal.SIGTERM)
     assert "draining" in server.log()
+
+
+def test_a_client_that_sends_its_whole_body_first_sees_the_413(model_dir, start_server):
+    import urllib.error
+    import urllib.request
+
+    server = start_server(model_dir, {"NORMALCY_MAX_BODY_BYTES": "4096"})
+    # urllib says `Connection: close` and sends all of its body before it reads the answer; a
+    # body larger than the socket buffers used to end in a broken pipe.
+    request = urllib.request.Request(
+        f"{server.url}/v1/models/vae/score",
+        data=b"x" * 20_000_000,
+        headers={"Content-Type": "image/png"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 413
+    assert refused.value.headers["Connection"] == "close"
+    assert json.loads(refused.value.read())["error"]["code"] == "body_too_large"

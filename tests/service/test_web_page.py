@@ -105,6 +105,9 @@ def test_page_scores_uploaded_images_like_the_api(
         for card in browser.find_elements(By.CSS_SELECTOR, ".result")
     }
     assert set(cards) == set(files)
+    meta = httpx.get(f"{server.url}/v1/models/pixelcnn").json()
+    edges = meta["scores"]["nll"]["reference_histogram"]["edges"]
+    units = meta["heatmap_units"]
     for name, data in files.items():
         answer = httpx.post(
             f"{server.url}/v1/models/pixelcnn/score?score=nll&heatmap=true",
@@ -121,9 +124,29 @@ def test_page_scores_uploaded_images_like_the_api(
         histogram = card.find_element(By.CSS_SELECTOR, "svg.histogram")
         assert histogram.find_elements(By.CSS_SELECTOR, "rect.bar")
         assert histogram.find_elements(By.CSS_SELECTOR, "line.marker")
+        # Robust limits from the server, the threshold drawn and labelled with its value.
+        shown_range = [
+            float(histogram.find_element(By.CSS_SELECTOR, f"text.axis.{end}").text)
+            for end in ("low", "high")
+        ]
+        assert shown_range == pytest.approx([edges[0], edges[-1]], rel=5e-3, abs=1e-3)
+        assert histogram.find_elements(By.CSS_SELECTOR, "line.threshold")
+        label = histogram.find_element(By.CSS_SELECTOR, "text.threshold-label").text
+        assert float(label.split()[1]) == pytest.approx(answer["threshold"], rel=5e-3)
+        # The heat map's colour scale, in the unit of the heat map.
+        scale = card.find_element(By.CSS_SELECTOR, ".heat-scale")
+        assert scale.get_attribute("data-units") == units
+        assert units in scale.text
+        assert scale.find_element(By.CSS_SELECTOR, ".low").text == "0"
     assert cards["noise.png"].get_attribute("data-is-anomaly") == "true"  # uniform noise
     assert cards["zero.png"].get_attribute("data-is-anomaly") == "false"  # a normal digit
-    assert "2 image(s) scored" in browser.find_element(By.ID, "status").text
+    # Noise scores far beyond the calibration scores: marked at the edge, the axis not stretched.
+    noise_histogram = cards["noise.png"].find_element(By.CSS_SELECTOR, "svg.histogram")
+    assert noise_histogram.get_attribute("data-score-outside") == "above"
+    assert "this image" in noise_histogram.find_element(By.CSS_SELECTOR, ".outside-marker").text
+    status = browser.find_element(By.ID, "status")
+    assert "2 image(s) scored, 1 flagged as anomalous" in status.text
+    assert (status.get_attribute("data-failed"), status.get_attribute("data-flagged")) == ("0", "1")
 
     shot = tmp_path / "web_page.png"
     browser.save_screenshot(str(shot))
@@ -138,19 +161,28 @@ def test_page_scores_uploaded_images_like_the_api(
 
 
 def test_page_shows_the_servers_error_for_a_file_that_is_not_an_image(
-    browser, start_server, model_dir, tmp_path
+    browser, start_server, model_dir, tmp_path, png
 ):
     from selenium.webdriver.common.by import By
 
     server = start_server(model_dir)
     junk = tmp_path / "notes.png"
     junk.write_bytes(b"this is not a PNG")
+    good = tmp_path / "blank.png"
+    good.write_bytes(png(np.zeros((8, 8), np.uint8)))
     browser.get(server.url + "/")
     _wait(browser, lambda d: "input" in d.find_element(By.ID, "model-info").text)
-    browser.find_element(By.ID, "files").send_keys(str(junk))
+    browser.find_element(By.ID, "files").send_keys(f"{junk}\n{good}")
     card = _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, ".result[data-state=error]"))
     assert "invalid_image" in card.text
     assert "HTTP 400" in card.text
+    # Scored, flagged and failed are counted apart: the refused file is no "scored" image.
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".result[data-state=done]"))
+    status = _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#status[data-failed='1']"))
+    _wait(browser, lambda d: "failed" in d.find_element(By.ID, "status").text)
+    assert status.get_attribute("data-scored") == "1"
+    assert status.text.startswith("1 image(s) scored,")
+    assert "1 failed" in status.text
 
 
 def test_page_asks_a_conditional_model_for_the_class(
@@ -184,3 +216,20 @@ def test_page_asks_a_conditional_model_for_the_class(
         files={"images": ("three.png", png(image), "image/png")},
     ).json()
     assert float(card.get_attribute("data-score")) == pytest.approx(answer["results"][0]["score"])
+
+
+def test_the_api_docs_render_from_the_servers_own_files(browser, start_server, model_dir):
+    from selenium.webdriver.common.by import By
+
+    server = start_server(model_dir)
+    for page, ready in [("/docs", ".swagger-ui .info .title")]:
+        browser.get(server.url + page)
+        title = _wait(browser, lambda d, css=ready: d.find_elements(By.CSS_SELECTOR, css))
+        assert "normalcy" in title[0].text
+        loaded = browser.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)"
+        )
+        assert loaded
+        assert all(url.startswith(server.url + "/") for url in loaded), loaded
+    # The operations are listed, the v2 inference among them.
+    assert browser.find_elements(By.CSS_SELECTOR, "[data-path='/v2/models/{name}/infer']")
