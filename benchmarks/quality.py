@@ -243,6 +243,15 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--datasets", default=str(DATASETS), help="folder holding mnist/ and fashion-mnist/"
     )
+    parser.add_argument(
+        "--kinds", default="vae,pixelcnn", help="models to run (two processes can split them)"
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="instead of running: merge the records of runs that split the models, write --out",
+    )
     parser.add_argument("--vae-epochs", type=int, default=8, help="training epochs per VAE")
     parser.add_argument(
         "--pixelcnn-epochs",
@@ -257,6 +266,13 @@ def main(argv=None) -> None:
     budgets = {"vae": args.vae_epochs, "pixelcnn": args.pixelcnn_epochs}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        merged = merge([json.loads(Path(path).read_text()) for path in args.merge])
+        (out / "quality.json").write_text(json.dumps(merged, indent=1))
+        (out / "quality.md").write_text(markdown(merged))
+        print(markdown(merged))
+        return
+    kinds = [kind for kind in MODELS if kind in args.kinds.split(",")]
     started = time.monotonic()
     all_units = units(args.quick, args.datasets)
     records = [{k: unit[k] for k in ("protocol", "dataset", "normal_class")} for unit in all_units]
@@ -264,7 +280,7 @@ def main(argv=None) -> None:
     # so a run that is stopped keeps what it measured.
     for record, unit in zip(records, all_units, strict=True):
         record["peers"] = peers(unit)
-    for kind in MODELS:
+    for kind in kinds:
         for record, unit in zip(records, all_units, strict=True):
             record[kind] = run_model(kind, unit, budgets[kind], args.device)
             print(
@@ -276,6 +292,19 @@ def main(argv=None) -> None:
             )
             write(out, records, budgets, started, argv)
     print(markdown(write(out, records, budgets, started, argv)))
+
+
+def merge(runs: list[dict]) -> dict:
+    """One result from runs over the same units that measured different models (the peers of the
+    first run are kept; the wall time is the longest run's, as when they ran side by side)."""
+    merged = json.loads(json.dumps(runs[0]))
+    for run in runs[1:]:
+        for record, other in zip(merged["records"], run["records"], strict=True):
+            record.update({kind: other[kind] for kind in MODELS if kind in other})
+        merged["budgets_epochs"] |= run["budgets_epochs"]
+        merged["wall_seconds"] = max(merged["wall_seconds"], run["wall_seconds"])
+        merged["command"] += " + " + run["command"]
+    return merged
 
 
 def write(out: Path, records: list[dict], budgets: dict, started: float, argv) -> dict:
