@@ -139,3 +139,17 @@ def test_bundles_with_a_probability_map_answer_p_anomaly(tmp_path, vae_bundle, d
         body = client.post("/v1/models/mapped/score", json={"images": digit_images.tolist()}).json()
     probabilities = [r["probability"] for r in body["results"]]
     assert all(0.0 <= p <= 1.0 for p in probabilities)
+
+
+def test_a_server_asked_for_cuda_without_it_scores_on_cpu_and_logs_why(
+    make_client, digit_images, caplog
+):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    with caplog.at_level("WARNING", logger="detectors.runtime"):
+        client = make_client(device="cuda")
+    assert "falling back to CPU" in caplog.text
+    answer = client.post("/v1/models/vae/score", json={"images": [digit_images[0].tolist()]})
+    assert answer.status_code == 200, answer.text
