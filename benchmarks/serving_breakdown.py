@@ -16,7 +16,9 @@ Per image, at that concurrency:
   decode, answer the single-request timings above (event-loop work, on the GIL)
   rest           wall - inference - decode - answer: HTTP, routing, the batcher, metrics, and
                  the CPU the load generator itself takes on this machine
-and per request: queueing = mean request time - mean inference call - decode - answer.
+and per request: queueing = mean request time - mean inference call - decode - answer; and the
+server's CPU per image, from /proc: its main thread (the event loop: HTTP, parsing, answers,
+metrics) and its other threads (the batcher's inference thread and ONNX Runtime's pool).
 Figures, not tests; timings on a shared machine move with its load, which is recorded.
 """
 
@@ -54,6 +56,21 @@ def scrape(port: int) -> dict[str, float]:
             for part in ("sum", "count"):
                 if line.startswith(f"{name}_{part}"):
                     totals[f"{key}_{part}"] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of a process's main thread (the event loop: HTTP, parsing,
+    answers, metrics) and of all its other threads (the batcher's and ONNX Runtime's)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals = {"event_loop": 0.0, "other_threads": 0.0}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        totals["event_loop" if int(task.name) == pid else "other_threads"] += seconds
     return totals
 
 
@@ -102,9 +119,9 @@ def measure(kind: str, bundle: Path, args) -> dict:
     try:
         requests = bodies(images, "127.0.0.1", port, f"/v1/models/{kind}/score")
         loadgen.run("127.0.0.1", port, requests, args.concurrency, args.warmup, 0)  # warm-up
-        before = scrape(port)
+        before, cpu_before = scrape(port), thread_cpu_s(server.process.pid)
         load = loadgen.run("127.0.0.1", port, requests, args.concurrency, args.seconds, 0)
-        after = scrape(port)
+        after, cpu_after = scrape(port), thread_cpu_s(server.process.pid)
     finally:
         server.stop()
     served = {key: after[key] - before[key] for key in after}
@@ -128,6 +145,9 @@ def measure(kind: str, bundle: Path, args) -> dict:
             **{k.removesuffix("_ms"): v for k, v in steps.items()},
             "rest": rest_ms,
         },
+        "server_cpu_ms_per_image": {
+            key: 1000 * (cpu_after[key] - cpu_before[key]) / n_images for key in cpu_after
+        },
         "mean_batch_images": n_images / served["inference_count"],
         "per_request_ms": {
             "server_time": request_ms,
@@ -144,17 +164,19 @@ def table(runs: list[dict], results: dict) -> str:
         f"at the start, {results['load_average_at_end'][0]:.1f} at the end)",
         "",
         "| model | images/s | per image: wall | inference | decode | answer | rest | mean batch "
-        "| per request: server time | inference call | queueing |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| per request: server time | inference call | queueing "
+        "| server CPU per image: event loop | other threads |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
         image, request = run["per_image_ms"], run["per_request_ms"]
+        cpu = run["server_cpu_ms_per_image"]
         lines.append(
             f"| {run['kind']} | {run['load']['images_per_s']:.0f} | {image['wall']:.2f} | "
             f"{image['inference']:.2f} | {image['decode']:.3f} | {image['answer']:.3f} | "
             f"{image['rest']:.2f} | {run['mean_batch_images']:.1f} | "
             f"{request['server_time']:.0f} | {request['inference_call']:.0f} | "
-            f"{request['queueing']:.0f} |"
+            f"{request['queueing']:.0f} | {cpu['event_loop']:.2f} | {cpu['other_threads']:.2f} |"
         )
     return "\n".join([*lines, "", f"`{results['command']}`"])
 

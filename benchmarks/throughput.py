@@ -124,6 +124,8 @@ def _ort_worker(runtime: str, bundle, images: np.ndarray, threads: int, seconds:
     }.get(variant, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     options.graph_optimization_level = level
     model = fuse_head(bundle.model_bytes) if variant == "fused-head" else bundle.model_bytes
+    if variant == "fused-head" and model == bundle.model_bytes:
+        return None  # no LogSoftmax + GatherElements head (the VAE)
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     feeds = {bundle.spec.input.name: images}
     if bundle.spec.noise:
@@ -171,7 +173,10 @@ def worker(runtime: str, bundle_path: str, batch: int, seconds: float, threads: 
     if runtime in TORCH:
         elapsed, calls = _torch_worker(runtime, bundle_path, bundle, images, threads, seconds)
     else:
-        elapsed, calls = _ort_worker(runtime, bundle, images, threads, seconds)
+        timed = _ort_worker(runtime, bundle, images, threads, seconds)
+        if timed is None:
+            return {"runtime": runtime, "batch": batch, "not_applicable": True}
+        elapsed, calls = timed
     return {
         "runtime": runtime,
         "batch": batch,
@@ -192,6 +197,8 @@ def measure(runtime: str, bundle_path: str, batch: int, args) -> dict:
 
 
 def _cell(figure: dict | None, best_torch: float) -> str:
+    if figure == "n/a":
+        return "n/a"
     if not figure or "images_per_s" not in figure:
         return "failed"
     rate = figure["images_per_s"]
@@ -264,6 +271,8 @@ def main() -> None:
             for runtime, figures in rounds.items():
                 rates = [f["images_per_s"] for f in figures if "images_per_s" in f]
                 median[runtime] = {"images_per_s": statistics.median(rates)} if rates else None
+                if any(f.get("not_applicable") for f in figures):
+                    median[runtime] = "n/a"
             best = max((median[r]["images_per_s"] for r in TORCH if median[r]), default=0.0)
             cells = [_cell(median[r], best) for r in runtimes]
             rows.append(f"| {kind} | {batch} | " + " | ".join(cells) + " |")
