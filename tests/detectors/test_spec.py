@@ -61,16 +61,16 @@ def test_training_writes_the_fields_it_wrote_before(vae_bundle):
 def test_unknown_fields_are_kept_and_written_back(vae_bundle, tmp_path):
     bundle = Bundle.read(vae_bundle)
     document = bundle.spec.to_json()
-    document["precision"] = {"kind": "int8", "parity": 1e-3}  # a record a later version adds
+    document["sparsity"] = {"kind": "2:4", "parity": 1e-3}  # a record a later version adds
     document["model"]["pruned"] = True
     document["scores"][bundle.spec.default_score]["combination"] = {"rule": "fisher"}
     spec = BundleSpec.from_json(document)
-    assert spec.extra == {"precision": {"kind": "int8", "parity": 1e-3}}
+    assert spec.extra == {"sparsity": {"kind": "2:4", "parity": 1e-3}}
     assert spec.model.extra == {"pruned": True}
     recalibrated = replace(spec, calibration=replace(spec.calibration, alpha=0.2))
     written = write_bundle(bundle.model_bytes, recalibrated, tmp_path / "later.onnx")
     again = Bundle.read(written.path).spec.to_json()
-    assert again["precision"] == document["precision"]
+    assert again["sparsity"] == document["sparsity"]
     assert again["model"]["pruned"] is True
     assert again["scores"][bundle.spec.default_score]["combination"] == {"rule": "fisher"}
     assert again["calibration"]["alpha"] == 0.2
