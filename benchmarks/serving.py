@@ -242,14 +242,9 @@ def load_points(port: int, requests: list[bytes], args) -> list[dict]:
     return points
 
 
-def run_normalcy(kind: str, bundle: Path, images: np.ndarray, max_batch_size: int, args) -> dict:
-    folder = WORK / "serve-models" / kind
-    folder.mkdir(parents=True, exist_ok=True)
-    link = folder / f"{kind}.onnx"
-    link.unlink(missing_ok=True)
-    link.symlink_to(bundle.resolve())
-    port = free_port()
-    command = [
+def serve_command(folder: Path, port: int, device: str, max_batch_size: int) -> list[str]:
+    """`normalcy serve` on a model folder, as every (a) and (b) point runs it."""
+    return [
         sys.executable,
         "-m",
         "normalcy.cli",
@@ -259,7 +254,7 @@ def run_normalcy(kind: str, bundle: Path, images: np.ndarray, max_batch_size: in
         "--port",
         str(port),
         "--device",
-        args.device,
+        device,
         "--max-batch-size",
         str(max_batch_size),
         "--max-queue-images",
@@ -270,6 +265,16 @@ def run_normalcy(kind: str, bundle: Path, images: np.ndarray, max_batch_size: in
         "warning",
         "--no-access-log",
     ]
+
+
+def run_normalcy(kind: str, bundle: Path, images: np.ndarray, max_batch_size: int, args) -> dict:
+    folder = WORK / "serve-models" / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / f"{kind}.onnx"
+    link.unlink(missing_ok=True)
+    link.symlink_to(bundle.resolve())
+    port = free_port()
+    command = serve_command(folder, port, args.device, max_batch_size)
     server = Server(
         command,
         f"http://127.0.0.1:{port}/v2/health/ready",

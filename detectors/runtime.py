@@ -34,17 +34,18 @@ def gpu_present() -> bool:
 
 
 def choose_providers(device: str = "auto") -> list[str]:
-    """Execution providers for `device`: CUDA first when asked for (or `auto` and usable)."""
+    """Execution providers for `device`: CUDA first when asked for (or `auto` and usable). A
+    server asked for CUDA on an onnxruntime without it scores on the CPU and says so."""
     if device not in DEVICES:
         msg = f"device must be one of {DEVICES}, got {device!r}"
         raise ValueError(msg)
     cuda_built = "CUDAExecutionProvider" in ort.get_available_providers()
     if device == "cuda" and not cuda_built:
-        msg = (
-            "device 'cuda' asked for, but this onnxruntime has no CUDA provider "
-            "(install normalcy[gpu])"
+        log.warning(
+            "device 'cuda' asked for, but this onnxruntime has no CUDA execution provider "
+            "(install normalcy[gpu]): falling back to CPU"
         )
-        raise ValueError(msg)
+        return ["CPUExecutionProvider"]
     if device == "cuda" or (device == "auto" and cuda_built and gpu_present()):
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
@@ -59,14 +60,23 @@ class OnnxSession:
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
+        providers = choose_providers(device)
         try:
-            self.session = ort.InferenceSession(
-                bundle.model_bytes, options, providers=choose_providers(device)
-            )
+            self.session = ort.InferenceSession(bundle.model_bytes, options, providers=providers)
         except Exception as error:  # onnxruntime raises its own exception types
             msg = f"{bundle.path or 'bundle'}: ONNX Runtime cannot load the graph ({error})"
             raise BundleError(msg) from None
         self.provider = self.session.get_providers()[0]
+        if self.provider != providers[0]:
+            # onnxruntime drops a provider that fails to start (no GPU, CUDA or cuDNN libraries
+            # missing) and logs it at its own level only.
+            log.warning(
+                "%s: %s failed to start (no GPU, or CUDA/cuDNN libraries missing): falling back "
+                "to %s",
+                bundle.path or "bundle",
+                providers[0],
+                self.provider,
+            )
         self._check_graph()
         log.info("loaded %s (%s) on %s", bundle.path, bundle.kind, self.provider)
 

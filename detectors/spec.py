@@ -14,6 +14,9 @@
       heatmap          HeatmapSpec | None per-pixel normal statistics that make maps z-scores
       calibration      Calibration        alpha, n_reference, data, ... and how alpha was chosen
       training         TrainingFacts      data fingerprint, epochs, history, versions, ...
+      precision        Precision | None   an int8 graph: how it was quantised and the parity
+                                          measured against its fp32 source (None: fp32, as
+                                          exported)
 
 Each is a Record (records.py): checked when built, so a spec that exists is valid; `from_json`
 refuses what is missing, mistyped or inconsistent with a BundleError saying where; `to_json` writes
@@ -198,6 +201,52 @@ class TrainingFacts(Record):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Parity(Record):
+    """A quantised graph against its fp32 source on held-out normal images (and, when given,
+    anomalies): how far the likelihood in bits/dim moved, and how the default score's AUROC did."""
+
+    NULLABLE: ClassVar = frozenset({"auroc_fp32", "auroc_quantized", "auroc_change"})
+
+    data: str  # the held-out normal images (never used to set activation ranges)
+    n_images: int
+    score: str  # the likelihood score compared (nll | iwae)
+    mean_abs_delta_bits_per_dim: float
+    max_abs_delta_bits_per_dim: float
+    budget_mean_abs_delta_bits_per_dim: float
+    auroc_score: str | None = None  # the score the AUROCs are for (the default score)
+    anomalous_data: str | None = None
+    auroc_fp32: float | None = None
+    auroc_quantized: float | None = None
+    auroc_change: float | None = None  # quantized minus fp32
+    budget_auroc_change: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Precision(Record):
+    """How a bundle's graph was quantised (static QDQ: int8 weights, uint8 activations)."""
+
+    PARSE: ClassVar = {
+        "fp32_nodes": as_tuple,
+        "parity": lambda v: Parity.from_json(v, "precision.parity"),
+    }
+
+    weights: str  # int8
+    activations: str  # uint8
+    method: str  # e.g. "onnxruntime static QDQ, per-channel weights, MinMax ranges"
+    quantized_nodes: int
+    fp32_nodes: tuple[str, ...] = ()  # quantisable nodes kept in fp32 (they moved the scores most)
+    range_data: str | None = None  # the normal images that set the activation ranges
+    n_range_images: int | None = None
+    source_sha256: str | None = None  # the fp32 bundle it was made from
+    parity: Parity
+
+    def __post_init__(self):
+        require(self.weights in ("int8",), "weights must be 'int8'")
+        require(self.activations in ("uint8", "int8"), "activations must be 'uint8' or 'int8'")
+        require(isinstance(self.fp32_nodes, tuple), "fp32_nodes must be a list of node names")
+
+
+@dataclass(frozen=True, kw_only=True)
 class BundleSpec(Record):
     """Everything a server needs besides the graph."""
 
@@ -212,6 +261,7 @@ class BundleSpec(Record):
         "heatmap": lambda v: HeatmapSpec.from_json(v, "heatmap"),
         "calibration": lambda v: Calibration.from_json(v, "calibration"),
         "training": lambda v: TrainingFacts.from_json(v, "training"),
+        "precision": lambda v: Precision.from_json(v, "precision"),
     }
 
     format: str = FORMAT
@@ -227,6 +277,7 @@ class BundleSpec(Record):
     heatmap: HeatmapSpec | None = None
     calibration: Calibration
     training: TrainingFacts = field(default_factory=TrainingFacts)
+    precision: Precision | None = None  # None: the fp32 graph as exported
 
     @classmethod
     def from_json(cls, data, what: str = "metadata") -> BundleSpec:

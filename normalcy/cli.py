@@ -22,6 +22,7 @@ COMMANDS = [
     training_commands.add_demo,
     jobs_commands.add_score,
     bundle_commands.add_calibrate,
+    training_commands.add_quantize,
     service_commands.add_serve,
     training_commands.add_report,
 ]

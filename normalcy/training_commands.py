@@ -188,3 +188,91 @@ def run_demo(args) -> int:
 
     print(demo(args.out, quick=args.quick))
     return 0
+
+
+def add_quantize(sub) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="write an int8 copy of a bundle (static QDQ), calibrated on the int8 graph",
+        description="Quantise the graph's Conv/Gemm/MatMul layers to int8 with activation ranges "
+        "from normal images, keep in fp32 the layers that move the scores most until the parity "
+        "with the fp32 graph is within budget, then recompute the calibration references on the "
+        "int8 graph (as `normalcy calibrate` does). Refuses to write when no graph is within "
+        "budget. Needs the `train` extra (onnx), not PyTorch.",
+    )
+    p.add_argument("bundle", help="the fp32 FILE.onnx")
+    p.add_argument("--data", required=True, help="normal images never used in training (data spec)")
+    p.add_argument("--normal-classes", type=classes, help="keep only these labels of --data")
+    p.add_argument("--anomalous", help="anomalous images: the AUROC change joins the parity check")
+    p.add_argument(
+        "--anomalous-classes", type=classes, help="keep only these labels of --anomalous"
+    )
+    p.add_argument("--out", required=True, help="the int8 FILE.onnx to write")
+    p.add_argument(
+        "--range-images",
+        type=int,
+        default=256,
+        help="normal images that set the activation ranges (at most half of --data); the rest "
+        "measure parity and become the calibration references",
+    )
+    p.add_argument(
+        "--max-mean-delta-bits-per-dim",
+        type=float,
+        help="budget: mean |int8 - fp32| likelihood on held-out normal images, bits/dim "
+        "(default 0.01, training.quantize.Budget)",
+    )
+    p.add_argument(
+        "--max-auroc-change",
+        type=float,
+        help="budget: |AUROC change| of the default score, with --anomalous (default 0.002)",
+    )
+    p.add_argument(
+        "--keep-fp32", action="append", default=[], help="a node to keep in fp32 (repeatable)"
+    )
+    p.add_argument(
+        "--no-search",
+        action="store_true",
+        help="do not keep further nodes in fp32 when the first graph is over budget",
+    )
+    p.set_defaults(run=run_quantize)
+
+
+def run_quantize(args) -> int:
+    from dataclasses import replace
+
+    from detectors.bundle import Bundle, write_bundle
+    from detectors.sources import load
+    from training.quantize import Budget, quantize_bundle
+
+    bundle = Bundle.read(args.bundle)
+    normal = load(args.data)
+    if args.normal_classes:
+        normal = normal.with_classes(args.normal_classes)
+        normal = replace(normal, source=f"{normal.source} classes {args.normal_classes}")
+    anomalous = None
+    if args.anomalous:
+        anomalous = load(args.anomalous)
+        if args.anomalous_classes:
+            anomalous = anomalous.with_classes(args.anomalous_classes)
+            source = f"{anomalous.source} classes {args.anomalous_classes}"
+            anomalous = replace(anomalous, source=source)
+    given = {
+        "mean_abs_delta_bits_per_dim": args.max_mean_delta_bits_per_dim,
+        "auroc_change": args.max_auroc_change,
+    }
+    budget = Budget(**{k: v for k, v in given.items() if v is not None})
+    graph, spec, summary = quantize_bundle(
+        bundle,
+        normal,
+        anomalous=anomalous,
+        range_images=args.range_images,
+        budget=budget,
+        fp32_nodes=tuple(args.keep_fp32),
+        search=not args.no_search,
+    )
+    spec = replace(
+        spec, calibration=replace(spec.calibration, data_fingerprint=normal.fingerprint())
+    )
+    written = write_bundle(graph, spec, args.out)
+    print(json.dumps({"bundle": args.out, "sha256": written.sha256, **summary}, indent=2))
+    return 0

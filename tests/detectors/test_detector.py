@@ -84,3 +84,37 @@ def test_bad_input_is_a_named_error(detectors, images, kwargs, message):
 
 def test_provider_is_reported(detectors):
     assert detectors["pixelcnn"].provider == "CPUExecutionProvider"
+
+
+def test_cuda_on_an_onnxruntime_without_it_falls_back_to_cpu_and_says_so(
+    vae_bundle, digits_test, caplog
+):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    with caplog.at_level("WARNING", logger="detectors.runtime"):
+        detector = Detector.load(vae_bundle, device="cuda")
+    assert "no CUDA execution provider" in caplog.text
+    assert "falling back to CPU" in caplog.text
+    assert detector.provider == "CPUExecutionProvider"
+    expected = Detector.load(vae_bundle, device="cpu").score(digits_test.images[:4])
+    np.testing.assert_allclose(detector.score(digits_test.images[:4]).scores, expected.scores)
+
+
+def test_a_cuda_provider_that_fails_to_start_falls_back_to_cpu_and_says_so(
+    vae_bundle, digits_test, caplog, monkeypatch
+):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    # As onnxruntime-gpu on a machine without a GPU: the provider is listed, then fails.
+    listed = [*ort.get_available_providers(), "CUDAExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: listed)
+    with caplog.at_level("WARNING", logger="detectors.runtime"):
+        detector = Detector.load(vae_bundle, device="cuda")
+    assert "CUDAExecutionProvider failed to start" in caplog.text
+    assert "falling back to CPUExecutionProvider" in caplog.text
+    assert detector.provider == "CPUExecutionProvider"
+    assert np.all(np.isfinite(detector.score(digits_test.images[:4]).scores))

@@ -91,16 +91,16 @@ def test_training_writes_the_fields_it_wrote_before(vae_bundle):
 def test_unknown_fields_are_kept_and_written_back(vae_bundle, tmp_path):
     bundle = Bundle.read(vae_bundle)
     document = bundle.spec.to_json()
-    document["precision"] = {"kind": "int8", "parity": 1e-3}  # a record a later version adds
+    document["sparsity"] = {"kind": "2:4", "parity": 1e-3}  # a record a later version adds
     document["model"]["pruned"] = True
     document["scores"][bundle.spec.default_score]["combination"] = {"rule": "fisher"}
     spec = BundleSpec.from_json(document)
-    assert spec.extra == {"precision": {"kind": "int8", "parity": 1e-3}}
+    assert spec.extra == {"sparsity": {"kind": "2:4", "parity": 1e-3}}
     assert spec.model.extra == {"pruned": True}
     recalibrated = replace(spec, calibration=replace(spec.calibration, alpha=0.2))
     written = write_bundle(bundle.model_bytes, recalibrated, tmp_path / "later.onnx")
     again = Bundle.read(written.path).spec.to_json()
-    assert again["precision"] == document["precision"]
+    assert again["sparsity"] == document["sparsity"]
     assert again["model"]["pruned"] is True
     assert again["scores"][bundle.spec.default_score]["combination"] == {"rule": "fisher"}
     assert again["calibration"]["alpha"] == 0.2
@@ -181,3 +181,51 @@ def test_the_unknown_score_check_has_one_home():
     assert spec.likelihood_score == "iwae"
     with pytest.raises(ValueError, match="unknown score 'nope'; this bundle offers"):
         spec.score_name("nope")
+
+
+PRECISION = {
+    "weights": "int8",
+    "activations": "uint8",
+    "method": "onnxruntime static QDQ",
+    "quantized_nodes": 12,
+    "fp32_nodes": ["node_conv2d_12"],
+    "parity": {
+        "data": "digits:test",
+        "n_images": 100,
+        "score": "nll",
+        "mean_abs_delta_bits_per_dim": 0.004,
+        "max_abs_delta_bits_per_dim": 0.009,
+        "budget_mean_abs_delta_bits_per_dim": 0.01,
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(MAIN))
+def test_a_bundle_without_a_precision_record_is_fp32(name):
+    spec = BundleSpec.from_json(MAIN[name])
+    assert spec.precision is None
+    assert "precision" not in spec.to_json()
+
+
+def test_the_precision_record_reads_and_writes_back_unchanged():
+    document = {**MAIN["vae"], "precision": PRECISION}
+    spec = BundleSpec.from_json(document)
+    assert spec.precision.fp32_nodes == ("node_conv2d_12",)
+    assert spec.precision.parity.mean_abs_delta_bits_per_dim == 0.004
+    assert spec.precision.parity.auroc_change is None  # no anomalies were given
+    written = spec.to_json()
+    assert BundleSpec.from_json(written) == spec
+    assert written["precision"]["parity"]["auroc_change"] is None
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        ({"weights": "int4"}, "weights must be 'int8'"),
+        ({"parity": {"data": "x"}}, "precision.parity lacks"),
+        ({"fp32_nodes": "node"}, "fp32_nodes must be a list"),
+    ],
+)
+def test_a_malformed_precision_record_is_refused(change, where):
+    with pytest.raises(BundleError, match=where):
+        BundleSpec.from_json({**MAIN["vae"], "precision": {**PRECISION, **change}})

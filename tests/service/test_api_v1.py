@@ -193,3 +193,17 @@ def test_the_pixel_limit_follows_the_models_input_unless_set(make_client, png):
     assert status(default, 64) == 200
     assert status(default, 65) == 413
     assert status(make_client(max_pixels=100 * 100), 100) == 200  # the operator's own limit
+
+
+def test_a_server_asked_for_cuda_without_it_scores_on_cpu_and_logs_why(
+    make_client, digit_images, caplog
+):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    with caplog.at_level("WARNING", logger="detectors.runtime"):
+        client = make_client(device="cuda")
+    assert "falling back to CPU" in caplog.text
+    answer = client.post("/v1/models/vae/score", json={"images": [digit_images[0].tolist()]})
+    assert answer.status_code == 200, answer.text
