@@ -45,3 +45,16 @@ class DefaultsFormatter(argparse.HelpFormatter):
 def add_command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
     """A subcommand whose --help states every default."""
     return sub.add_parser(name, formatter_class=DefaultsFormatter, **kwargs)
+
+
+def load_classes(spec: str, wanted: list[int] | None):
+    """The data set a spec names (detectors.sources.load), cut to the `wanted` classes when given,
+    which its source then names."""
+    from dataclasses import replace
+
+    from detectors.sources import load
+
+    data = load(spec)
+    if not wanted:
+        return data
+    return replace(data.with_classes(wanted), source=f"{data.source} classes {wanted}")

@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import replace
 
-from .arguments import add_command, alpha, classes
+from .arguments import add_command, alpha, classes, load_classes
 
 
 def add_info(sub) -> None:
@@ -151,23 +151,18 @@ def add_calibrate(sub) -> None:
 def run_calibrate(args) -> int:
     from detectors.bundle import Bundle, write_bundle
     from detectors.fitting import recalibrate
-    from detectors.sources import load
 
     bundle = Bundle.read(args.bundle)
     # Load everything before touching the file, so a bad spec leaves it as it was.
-    normal = load(args.data)
-    if args.normal_classes:
-        normal = normal.with_classes(args.normal_classes)
+    normal = load_classes(args.data, args.normal_classes)
     anomalous = None
     if args.anomalous:
-        anomalous = load(args.anomalous)
-        if args.anomalous_classes:
-            anomalous = anomalous.with_classes(args.anomalous_classes)
+        anomalous = load_classes(args.anomalous, args.anomalous_classes)
     elif args.rule or args.anomalous_classes:
         msg = "calibrate: --rule and --anomalous-classes need --anomalous"
         raise SystemExit(msg)
     rule = args.rule or ("f1" if anomalous is not None and args.alpha is None else None)
-    source = normal.source + (f" classes {args.normal_classes}" if args.normal_classes else "")
+    source = normal.source
     # A conditional bundle is calibrated with each image's own label from the data.
     conditional = bundle.spec.labels is not None
     spec, summary = recalibrate(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from .arguments import add_command, alpha, classes
+from .arguments import add_command, alpha, classes, load_classes
 
 
 def add_train(sub) -> None:
@@ -241,21 +241,11 @@ def run_quantize(args) -> int:
     from dataclasses import replace
 
     from detectors.bundle import Bundle, write_bundle
-    from detectors.sources import load
     from training.quantize import Budget, quantize_bundle
 
     bundle = Bundle.read(args.bundle)
-    normal = load(args.data)
-    if args.normal_classes:
-        normal = normal.with_classes(args.normal_classes)
-        normal = replace(normal, source=f"{normal.source} classes {args.normal_classes}")
-    anomalous = None
-    if args.anomalous:
-        anomalous = load(args.anomalous)
-        if args.anomalous_classes:
-            anomalous = anomalous.with_classes(args.anomalous_classes)
-            source = f"{anomalous.source} classes {args.anomalous_classes}"
-            anomalous = replace(anomalous, source=source)
+    normal = load_classes(args.data, args.normal_classes)
+    anomalous = load_classes(args.anomalous, args.anomalous_classes) if args.anomalous else None
     given = {
         "mean_abs_delta_bits_per_dim": args.max_mean_delta_bits_per_dim,
         "auroc_change": args.max_auroc_change,
