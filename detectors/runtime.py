@@ -156,7 +156,8 @@ def vae_noise(noise: NoiseSpec, batch: int) -> np.ndarray:
 
 def with_members(specs: Mapping[str, ScoreSpec], names: list[str]) -> list[str]:
     """`names` and, before them, the members of the combined scores among them (no repeats)."""
-    members = [m for name in names for m in getattr(specs[name], "statistics", ())]
+    combined = [specs[name] for name in names if isinstance(specs[name], CombinedScore)]
+    members = [m for score in combined for m in score.statistics]
     return list(dict.fromkeys([*members, *names]))
 
 

@@ -305,7 +305,8 @@ class BundleSpec(Record):
             f"default_score {self.default_score!r} is not among the scores {list(self.scores)}",
         )
         for name, score in self.scores.items():
-            for member in getattr(score, "statistics", ()):
+            members = score.statistics if isinstance(score, CombinedScore) else ()
+            for member in members:
                 require(
                     member in self.graph_scores,
                     f"score {name!r} combines {member!r}, which is not one of this bundle's "

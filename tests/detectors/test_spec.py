@@ -95,9 +95,9 @@ def test_unknown_fields_are_kept_and_written_back(vae_bundle, tmp_path):
 def test_a_new_score_kind_is_one_registered_class(monkeypatch):
     monkeypatch.setattr(score_kinds, "SCORE_KINDS", dict(score_kinds.SCORE_KINDS))
 
-    @score_kind("combined")
+    @score_kind("vote")
     @dataclass(frozen=True, kw_only=True)
-    class CombinedScore(ScoreSpec):
+    class VoteScore(ScoreSpec):
         statistics: dict  # per-statistic references, plain JSON
         rule: str = "fisher"
 
@@ -110,25 +110,25 @@ def test_a_new_score_kind_is_one_registered_class(monkeypatch):
             return ()
 
     document = json.loads(json.dumps(MAIN["vae"]))
-    document["scores"]["combined"] = {
-        "kind": "combined",
+    document["scores"]["vote"] = {
+        "kind": "vote",
         "statistics": {"iwae": [1.0, 2.0], "recon_mse": [0.1, 0.2]},
         "reference": [0.5, 0.7],
     }
     spec = BundleSpec.from_json(document)
-    combined = spec.scores["combined"]
-    assert isinstance(combined, CombinedScore)
+    combined = spec.scores["vote"]
+    assert isinstance(combined, VoteScore)
     assert combined.rule == "fisher"
-    assert spec.to_json()["scores"]["combined"]["statistics"] == {
+    assert spec.to_json()["scores"]["vote"]["statistics"] == {
         "iwae": [1.0, 2.0],
         "recon_mse": [0.1, 0.2],
     }
-    document["scores"]["combined"]["rule"] = "vote"
-    with pytest.raises(BundleError, match="score 'combined': rule 'vote'"):
+    document["scores"]["vote"]["rule"] = "vote"
+    with pytest.raises(BundleError, match="score 'vote': rule 'vote'"):
         BundleSpec.from_json(document)
     # Until the runtime learns it, computing it is a clear error, not a wrong number.
-    with pytest.raises(BundleError, match="cannot compute scores of kind 'combined'"):
-        scores_from_outputs(spec.scores, ["combined"], {})
+    with pytest.raises(BundleError, match="cannot compute scores of kind 'vote'"):
+        scores_from_outputs(spec.scores, ["vote"], {})
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from detectors.calibration import alpha_for_threshold
 from detectors.onnxfile import with_metadata_props
 from detectors.sources import load_digits
 from normalcy.cli import main
+from tests.references import expected_reference
 
 NORMAL = "0,1,2,3,4"
 
@@ -47,7 +48,8 @@ def test_calibrate_rewrites_the_references_and_nothing_else(bundle_copy, capsys)
     assert detector.default_alpha == 0.2
     scores = detector.raw_scores(normal)
     for name in detector.score_names:
-        np.testing.assert_allclose(detector.reference(name), np.sort(scores[name]), rtol=1e-6)
+        expected = expected_reference(detector.spec, scores, name)
+        np.testing.assert_allclose(detector.reference(name), expected, rtol=1e-6)
     summary = json.loads(out)
     assert summary["alpha"] == 0.2
     assert summary["n_reference"] == len(normal)

@@ -63,7 +63,10 @@ def test_info_prints_the_metadata_as_json(trained, capsys):
     assert meta["training"]["normal_classes"] == [0, 1, 2]
     assert meta["training"]["data_fingerprint"]
     assert meta["training"]["package_version"]
-    assert meta["scores"]["nll"]["reference_size"] == meta["calibration"]["n_reference"] > 0
+    # The calibration images are split in two halves: one for nll's reference, one for the
+    # combined score's.
+    sizes = {name: score["reference_size"] for name, score in meta["scores"].items()}
+    assert sizes["nll"] + sizes["combined"] == meta["calibration"]["n_reference"] > 0
 
 
 def test_evaluate_with_labelled_data(trained, capsys):

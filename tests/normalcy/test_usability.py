@@ -105,4 +105,8 @@ def test_training_into_a_file_writes_a_line_per_epoch_and_no_carriage_returns(tm
     assert json.loads(out)["val_nll_bits_per_dim"] > 0  # stdout is the summary alone
     assert "\r" not in err
     epochs = [line for line in err.splitlines() if line.startswith("pixelcnn epoch")]
-    assert [line.split(":")[0] for line in epochs] == ["pixelcnn epoch 1/2", "pixelcnn epoch 2/2"]
+    # The model's two epochs, then its 3x3 local model's.
+    assert [line.split(":")[0] for line in epochs] == 2 * [
+        "pixelcnn epoch 1/2",
+        "pixelcnn epoch 2/2",
+    ]

@@ -104,11 +104,9 @@ def test_models_are_listed_with_version_and_calibration(client):
     for spec in detail["scores"].values():
         assert "reference" not in spec
         histogram = spec["reference_histogram"]
-        assert (
-            sum(histogram["counts"])
-            == spec["reference_size"]
-            == detail["calibration"]["n_reference"]
-        )
+        # Each score's reference is one of the two halves of the calibration images.
+        assert sum(histogram["counts"]) == spec["reference_size"]
+        assert abs(2 * spec["reference_size"] - detail["calibration"]["n_reference"]) <= 1
 
 
 def test_docs_and_openapi_are_served(client):

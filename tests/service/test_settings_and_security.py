@@ -52,7 +52,7 @@ def test_settings_come_from_the_environment(tmp_path, monkeypatch):
 
 def test_serve_exits_with_the_reason_on_bad_settings(tmp_path, capsys):
     assert main(["serve", "--models", str(tmp_path), "--max-batch-size", "0"]) == 2
-    assert "max_batch_size" in capsys.readouterr().err
+    assert "--max-batch-size" in capsys.readouterr().err
 
 
 def test_scoring_needs_the_api_key_when_one_is_set(make_client):
