@@ -8,6 +8,7 @@ reference, a LabelledThresholdDetector chooses the operating point and fits P(an
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -223,4 +224,25 @@ def recalibrate(
         name: conformal_threshold(np.asarray(s.reference), calibration.alpha)
         for name, s in scores.items()
     }
+    summary["warnings"] = reference_warnings(spec)
     return spec, summary
+
+
+def reference_warnings(spec: BundleSpec) -> list[str]:
+    """What a user must know about the default score's reference: if it is too small for the
+    bundle's alpha, the smallest p-value it can give, 1 / (n + 1), is above alpha and the score
+    never flags anything. A combined score's reference is only half the calibration images."""
+    alpha = spec.calibration.alpha
+    name = spec.default_score
+    n = len(spec.scores[name].reference)
+    if n == 0 or math.isfinite(conformal_threshold(np.asarray(spec.scores[name].reference), alpha)):
+        return []
+    per_half = math.ceil(1.0 / alpha - 1.0 - 1e-9)  # the smallest n with alpha (n + 1) >= 1
+    halves = any(other not in spec.graph_scores for other in spec.scores)
+    needed = 2 * per_half if halves else per_half
+    return [
+        f"the default score {name!r} has a reference of {n} images, so its p-value is never "
+        f"below 1/{n + 1} = {1.0 / (n + 1):.3g} and it flags nothing at alpha {alpha:g}; "
+        f"calibrate on at least {needed} held-out normal images"
+        + (" (the combined score's reference is half of them)" if halves else "")
+    ]

@@ -189,6 +189,8 @@ def run_calibrate(args) -> int:
             "(calibrate on images the model never saw)",
             file=sys.stderr,
         )
+    for warning in summary["warnings"]:
+        print(f"calibrate: warning: {warning}", file=sys.stderr)
     out = args.out or args.bundle
     written = write_bundle(bundle.model_bytes, spec, out)
     print(json.dumps({"bundle": out, "sha256": written.sha256, **summary}, indent=2))

@@ -4,6 +4,7 @@ import `training` when they run, so the other commands work in an install withou
 from __future__ import annotations
 
 import json
+import sys
 
 from .arguments import add_command, alpha, classes, load_classes
 
@@ -100,6 +101,8 @@ def run_train(args) -> int:
 
             summary["report"] = str(report_after_training(job).page)
         print(json.dumps(summary, indent=2))
+        for warning in summary["warnings"]:
+            print(f"train: warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -15,7 +15,7 @@ import detectors
 from detectors import Detector
 from detectors.bundle import Bundle, write_bundle
 from detectors.errors import InputError
-from detectors.fitting import calibrated_spec
+from detectors.fitting import calibrated_spec, reference_warnings
 from detectors.spec import TrainingFacts
 
 from . import distributed
@@ -209,6 +209,7 @@ def run(job: TrainJob) -> tuple[Bundle | None, dict | None]:
         "validation_seconds": round(validation_seconds, 1),
         "calibration_seconds": round(time.monotonic() - calibration_started, 1),
         "total_seconds": round(time.monotonic() - started, 1),
+        "warnings": reference_warnings(spec),
     }
     return bundle, summary
 

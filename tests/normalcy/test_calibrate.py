@@ -148,6 +148,29 @@ def test_calibrating_on_the_training_data_warns(bundle_copy, capsys):
     assert "training data" in err
 
 
+def test_a_reference_too_small_for_alpha_warns(bundle_copy, capsys):
+    """A combined default's reference is half the images: at alpha 0.001 a few hundred images
+    can never give p <= alpha, and the user is told so rather than getting a silent detector."""
+    code, out, err = _calibrate(
+        capsys, bundle_copy, "--data", "digits:test", "--normal-classes", NORMAL, "--alpha", "0.001"
+    )
+    assert code == 0
+    summary = json.loads(out)
+    spec = Bundle.read(bundle_copy).spec
+    n = len(spec.scores[spec.default_score].reference)
+    assert n < 999
+    assert summary["thresholds"][spec.default_score] == float("inf")
+    [warning] = summary["warnings"]
+    assert f"reference of {n} images" in warning
+    assert "at least 1998 held-out normal images" in warning
+    assert f"calibrate: warning: {warning}" in err
+    code, out, err = _calibrate(
+        capsys, bundle_copy, "--data", "digits:test", "--normal-classes", NORMAL, "--alpha", "0.05"
+    )
+    assert json.loads(out)["warnings"] == []
+    assert "warning" not in err
+
+
 def test_calibrate_can_write_a_new_file(bundle_copy, tmp_path, capsys):
     before = bundle_copy.read_bytes()
     out = tmp_path / "new.onnx"

@@ -52,6 +52,11 @@ def test_train_writes_a_bundle_and_its_checkpoint(trained):
     # --max-minutes bounds the training loop; the rest of the run is timed apart.
     parts = ("train_seconds", "validation_seconds", "calibration_seconds")
     assert sum(summary[k] for k in parts) <= summary["total_seconds"] + 0.15  # rounded to 0.1 s
+    # Digits 0-2 leave about 35 calibration images per half: at the default alpha 0.01 the
+    # combined default can never flag, and the summary says so (stderr repeats it).
+    [warning] = summary["warnings"]
+    assert "flags nothing at alpha 0.01" in warning
+    assert "at least 198 held-out normal images" in warning
 
 
 def test_info_prints_the_metadata_as_json(trained, capsys):
