@@ -1,5 +1,5 @@
 """Quality: every score of both models beside PyOD's KNN and IForest and scikit-learn's LOF, on
-the same splits, from the same run; on 2 CPUs in under an hour.
+the same splits, from the same run. The CPU protocol (--quick) runs on 2 CPUs in under an hour.
 
 Protocols:
   oneclass  MNIST and Fashion-MNIST: each class in turn is normal. Models and peers fit on that
@@ -19,8 +19,8 @@ tests/training/test_export.py). Nothing is chosen on the test images: the defaul
 score and its members were fixed before this run on development splits whose anomalies are other
 classes' training images (training/scores.py).
 
-    PYTHONPATH=. python benchmarks/quality.py --out runs/quality                 # CPU protocol
-    PYTHONPATH=. python benchmarks/quality.py --quick --out runs/quality-quick   # 3 classes each
+    PYTHONPATH=. python benchmarks/quality.py --quick --out runs/quality-cpu  # CPU protocol, 48 min
+    PYTHONPATH=. python benchmarks/quality.py --out runs/quality              # 10 classes (~2 h)
     PYTHONPATH=. python benchmarks/quality.py --device cuda --vae-epochs 30 --pixelcnn-epochs 10 \
         --out runs/quality-gpu                                                   # GPU protocol
 
@@ -62,11 +62,14 @@ def load(datasets: str, name: str, split: str):
     return data.images, data.labels
 
 
-def units(quick: bool, datasets: str = str(DATASETS)) -> list[dict]:
-    """The protocol's units: which images are normal in training and which are tested."""
+QUICK_CLASSES = (0, 2, 8)
+
+
+def units(classes=tuple(range(10)), datasets: str = str(DATASETS), pair: bool = True) -> list[dict]:
+    """The protocol's units: which images are normal in training and which are tested. The
+    anomalies are drawn in the order of `classes`, so a run is reproduced by the same list."""
     rng = np.random.default_rng(0)
     out = []
-    classes = [0, 2, 8] if quick else range(10)
     for dataset in ("mnist", "fashion-mnist"):
         train_x, train_y = load(datasets, dataset, "train")
         test_x, test_y = load(datasets, dataset, "test")
@@ -91,6 +94,8 @@ def units(quick: bool, datasets: str = str(DATASETS)) -> list[dict]:
                     "anomalous": test_x[anomalous],
                 }
             )
+    if not pair:
+        return out
     fashion_x, _ = load(datasets, "fashion-mnist", "train")
     fashion_test, _ = load(datasets, "fashion-mnist", "test")
     mnist_test, _ = load(datasets, "mnist", "test")
@@ -155,12 +160,12 @@ def _metrics(normal, anomalous, started) -> dict:
     }
 
 
-def run_model(kind: str, unit: dict, epochs: int, device: str = "cpu") -> dict:
-    """Train `kind` on the unit's normal images with the product's own steps (training/pipeline.py
-    without the file: fit, the local model, the fitted densities, the bundle's scores, calibration
-    on two halves), then score the test images with the modules that are exported."""
-    from detectors.calibration import conformal_p_values
-    from detectors.fitting import combined_scores, with_reference
+def fit_unit(kind: str, train: np.ndarray, epochs: int, device: str = "cpu", source: str = ""):
+    """Train `kind` on `train` with the product's own steps (training/pipeline.py without the
+    file: fit, the local model, the fitted densities, the bundle's scores, calibration on two
+    halves). Returns the calibrated spec, a function images -> raw graph scores (the modules that
+    are exported), the splits, the training result and the training seconds."""
+    from detectors.fitting import with_reference
     from detectors.sources import ImageSet
     from detectors.spec import TrainingFacts
     from training.data import split
@@ -170,7 +175,7 @@ def run_model(kind: str, unit: dict, epochs: int, device: str = "cpu") -> dict:
     from training.train import TrainConfig, fit
 
     started = time.monotonic()
-    data = ImageSet(images=unit["train"], labels=None, source=f"{unit['dataset']} train")
+    data = ImageSet(images=train, labels=None, source=f"{source} train")
     splits = split(data, seed=0, validation=0.1, calibration=0.2)  # the pipeline's fractions
     config = model_config(kind, data, MODELS[kind])
     cfg = TrainConfig(epochs=epochs, device=device, patience=epochs)
@@ -191,6 +196,18 @@ def run_model(kind: str, unit: dict, epochs: int, device: str = "cpu") -> dict:
         return graph_scores(graph, spec, images)
 
     spec = with_reference(spec, raw(splits.calibration.images))
+    return spec, raw, splits, result, train_seconds
+
+
+def run_model(kind: str, unit: dict, epochs: int, device: str = "cpu") -> dict:
+    """Train `kind` on the unit's normal images (fit_unit), then score the test images."""
+    from detectors.calibration import conformal_p_values
+    from detectors.fitting import combined_scores
+
+    started = time.monotonic()
+    spec, raw, _, result, train_seconds = fit_unit(
+        kind, unit["train"], epochs, device, unit["dataset"]
+    )
     normal = combined_scores(spec, raw(unit["normal"]))
     anomalous = combined_scores(spec, raw(unit["anomalous"]))
     scores = {
@@ -238,7 +255,15 @@ def graph_scores(graph, spec, images: np.ndarray, batch: int = 256) -> dict[str,
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/quality-cpu")
-    parser.add_argument("--quick", action="store_true", help="3 classes per data set")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the CPU protocol: classes 0, 2 and 8 of each data set and the pair (under an hour)",
+    )
+    parser.add_argument(
+        "--classes", help="comma-separated normal classes of the one-class protocol (default all)"
+    )
+    parser.add_argument("--no-pair", action="store_true", help="skip Fashion-MNIST vs MNIST")
     parser.add_argument("--device", default="cpu", help="training device: cpu or cuda")
     parser.add_argument(
         "--datasets", default=str(DATASETS), help="folder holding mnist/ and fashion-mnist/"
@@ -274,7 +299,10 @@ def main(argv=None) -> None:
         return
     kinds = [kind for kind in MODELS if kind in args.kinds.split(",")]
     started = time.monotonic()
-    all_units = units(args.quick, args.datasets)
+    classes = QUICK_CLASSES if args.quick else range(10)
+    if args.classes:
+        classes = [int(c) for c in args.classes.split(",")]
+    all_units = units(classes, args.datasets, pair=not args.no_pair)
     records = [{k: unit[k] for k in ("protocol", "dataset", "normal_class")} for unit in all_units]
     # Peers first, then every VAE, then every PixelCNN; the files are rewritten after each model,
     # so a run that is stopped keeps what it measured.
@@ -295,16 +323,47 @@ def main(argv=None) -> None:
 
 
 def merge(runs: list[dict]) -> dict:
-    """One result from runs over the same units that measured different models (the peers of the
-    first run are kept; the wall time is the longest run's, as when they ran side by side)."""
-    merged = json.loads(json.dumps(runs[0]))
-    for run in runs[1:]:
-        for record, other in zip(merged["records"], run["records"], strict=True):
-            record.update({kind: other[kind] for kind in MODELS if kind in other})
-        merged["budgets_epochs"] |= run["budgets_epochs"]
-        merged["wall_seconds"] = max(merged["wall_seconds"], run["wall_seconds"])
-        merged["command"] += " + " + run["command"]
-    return merged
+    """One result from several runs: the same units with different models (`--kinds`), or other
+    units (`--classes`, `--no-pair`). A unit is one (protocol, data set, class); its peers come
+    from the first run that has it; a model measured on the same unit twice, or with another
+    budget, is an error. Each run's command and wall time are kept (`runs`)."""
+
+    def key(record: dict) -> tuple:
+        order = (
+            ["mnist", "fashion-mnist"].index(record["dataset"])
+            if record["normal_class"] is not None
+            else 2
+        )
+        return order, record["normal_class"] or 0
+
+    merged: dict[tuple, dict] = {}
+    budgets: dict[str, int] = {}
+    for run in runs:
+        for kind, epochs in run["budgets_epochs"].items():
+            if not any(kind in r for r in run["records"]):
+                continue
+            if budgets.setdefault(kind, epochs) != epochs:
+                msg = f"{kind} trained for {budgets[kind]} and {epochs} epochs in different runs"
+                raise SystemExit(msg)
+        for record in run["records"]:
+            into = merged.setdefault(key(record), json.loads(json.dumps(record)))
+            for kind in MODELS:
+                if kind in record and kind in into and into[kind] != record[kind]:
+                    msg = f"{kind} measured twice on {record['dataset']} {record['normal_class']}"
+                    raise SystemExit(msg)
+                if kind in record:
+                    into[kind] = record[kind]
+    result = json.loads(json.dumps(runs[0]))
+    result["records"] = [merged[k] for k in sorted(merged)]
+    result["budgets_epochs"] = budgets
+    result["runs"] = [
+        {"command": run["command"], "wall_seconds": run["wall_seconds"]}
+        for outer in runs
+        for run in outer.get("runs", [outer])
+    ]
+    result["wall_seconds"] = sum(run["wall_seconds"] for run in result["runs"])
+    result["command"] = " + ".join(run["command"] for run in result["runs"])
+    return result
 
 
 def write(out: Path, records: list[dict], budgets: dict, started: float, argv) -> dict:
