@@ -152,7 +152,9 @@ def _goals(records: list[dict], means: dict) -> list[str]:
 
 def markdown(results: dict) -> str:
     records = results["records"]
-    budgets = ", ".join(f"{KINDS[k]} {v} epochs" for k, v in results["budgets_epochs"].items())
+    budgets = ", ".join(
+        f"{KINDS[k]} {v} epoch{'' if v == 1 else 's'}" for k, v in results["budgets_epochs"].items()
+    )
     runs = results.get("runs", [results])  # merged results (--merge) keep each run's
     commands = "; ".join(f"`{r['command']}` ({r['wall_seconds'] / 60:.1f} min)" for r in runs)
     lines = [
