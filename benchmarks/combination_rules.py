@@ -98,7 +98,8 @@ def measure(kind: str, dataset: str, cls: int, epochs: int, datasets: str) -> di
     started = time.monotonic()
     unit = dev_unit(dataset, cls, datasets)
     # The validation images picked the best epoch (normal images only, as in the product).
-    _, raw, splits, _, _ = fit_unit(kind, unit["train"], epochs, source=dataset)
+    fitted = fit_unit(kind, unit["train"], epochs, source=dataset)
+    raw, splits = fitted.raw, fitted.splits
     members = COMBINED_MEMBERS[kind][0]
     calibration = raw(splits.calibration.images)
     first, _ = calibration_halves(len(splits.calibration))
@@ -107,17 +108,19 @@ def measure(kind: str, dataset: str, cls: int, epochs: int, datasets: str) -> di
     n_normal = len(splits.validation)
     both = {n: np.r_[normal[n], anomalous[n]] for n in members}
     statistics = rule_statistics(first_half, both)
-    result = {
-        "kind": kind,
-        "dataset": dataset,
-        "normal_class": cls,
-        "n_normal": n_normal,
-        "n_anomalous": len(unit["anomalous"]),
-        "epochs": epochs,
-        "rules": {r: auroc(s[:n_normal], s[n_normal:]) for r, s in statistics.items()},
-        "members": {n: auroc(normal[n], anomalous[n]) for n in members},
-        "seconds": round(time.monotonic() - started, 1),
-    }
+    return report(
+        {"kind": kind, "dataset": dataset, "normal_class": cls, "epochs": epochs},
+        {"n_normal": n_normal, "n_anomalous": len(unit["anomalous"])},
+        rules={r: auroc(s[:n_normal], s[n_normal:]) for r, s in statistics.items()},
+        members={n: auroc(normal[n], anomalous[n]) for n in members},
+        started=started,
+    )
+
+
+def report(unit: dict, sizes: dict, *, started: float, **figures) -> dict:
+    """One development unit's record (its unit, its sizes, its figures and seconds), printed as a
+    JSON line as it is made."""
+    result = {**unit, **sizes, **figures, "seconds": round(time.monotonic() - started, 1)}
     print(json.dumps(result), flush=True)
     return result
 
@@ -148,25 +151,40 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def dev_parser(doc: str, classes: list[int], out: str) -> argparse.ArgumentParser:
+    """The options of a benchmark over development units (this one, candidate_statistics.py)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
-    parser.add_argument("--classes", type=int, nargs="+", default=[2, 5, 8, 9])
+    parser.add_argument("--classes", type=int, nargs="+", default=classes)
     parser.add_argument("--kinds", default="vae", help="vae, pixelcnn or both (comma-separated)")
     parser.add_argument("--epochs", type=int, help="training epochs (default: VAE 8, PixelCNN 1)")
     parser.add_argument("--datasets", default=str(DATASETS))
-    parser.add_argument("--out", default="runs/combination-rules")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", default=out)
+    return parser
+
+
+def run_units(args, measure) -> list[dict]:
+    """measure(kind, dataset, class, epochs, datasets) for each kind and class of `args`."""
     results = []
     for kind in args.kinds.split(","):
         epochs = args.epochs or {"vae": 8, "pixelcnn": 1}[kind]
         for cls in args.classes:
             results.append(measure(kind, args.dataset, cls, epochs, args.datasets))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "combination_rules.json").write_text(json.dumps(results, indent=1))
-    (out / "combination_rules.md").write_text(markdown(results))
+    return results
+
+
+def write_results(out: str, name: str, results: list[dict], markdown) -> None:
+    """`name`.json and `name`.md under `out`, and the table on stdout."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(results, indent=1))
+    (folder / f"{name}.md").write_text(markdown(results))
     print(markdown(results))
+
+
+def main(argv=None) -> None:
+    args = dev_parser(__doc__, [2, 5, 8, 9], "runs/combination-rules").parse_args(argv)
+    write_results(args.out, "combination_rules", run_units(args, measure), markdown)
 
 
 if __name__ == "__main__":

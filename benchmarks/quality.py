@@ -35,6 +35,8 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -160,11 +162,25 @@ def _metrics(normal, anomalous, started) -> dict:
     }
 
 
-def fit_unit(kind: str, train: np.ndarray, epochs: int, device: str = "cpu", source: str = ""):
+@dataclass
+class FittedUnit:
+    """One model trained on one unit's normal images, as fit_unit leaves it."""
+
+    spec: object  # the calibrated BundleSpec
+    raw: Callable[[np.ndarray], dict[str, np.ndarray]]  # images -> raw graph scores
+    splits: object  # training.data.Splits
+    result: object  # training.train's result (history, best epoch)
+    train_seconds: float
+    model: object  # the trained model (CPU, eval)
+    statistics: object  # training.densities.Statistics: the local model, the fitted densities
+
+
+def fit_unit(
+    kind: str, train: np.ndarray, epochs: int, device: str = "cpu", source: str = ""
+) -> FittedUnit:
     """Train `kind` on `train` with the product's own steps (training/pipeline.py without the
     file: fit, the local model, the fitted densities, the bundle's scores, calibration on two
-    halves). Returns the calibrated spec, a function images -> raw graph scores (the modules that
-    are exported), the splits, the training result and the training seconds."""
+    halves); raw scores come from the modules that are exported."""
     from detectors.fitting import with_reference
     from detectors.sources import ImageSet
     from detectors.spec import TrainingFacts
@@ -196,7 +212,7 @@ def fit_unit(kind: str, train: np.ndarray, epochs: int, device: str = "cpu", sou
         return graph_scores(graph, spec, images)
 
     spec = with_reference(spec, raw(splits.calibration.images))
-    return spec, raw, splits, result, train_seconds
+    return FittedUnit(spec, raw, splits, result, train_seconds, model.cpu().eval(), statistics)
 
 
 def run_model(kind: str, unit: dict, epochs: int, device: str = "cpu") -> dict:
@@ -205,9 +221,8 @@ def run_model(kind: str, unit: dict, epochs: int, device: str = "cpu") -> dict:
     from detectors.fitting import combined_scores
 
     started = time.monotonic()
-    spec, raw, _, result, train_seconds = fit_unit(
-        kind, unit["train"], epochs, device, unit["dataset"]
-    )
+    fitted = fit_unit(kind, unit["train"], epochs, device, unit["dataset"])
+    spec, raw, result, train_seconds = fitted.spec, fitted.raw, fitted.result, fitted.train_seconds
     normal = combined_scores(spec, raw(unit["normal"]))
     anomalous = combined_scores(spec, raw(unit["anomalous"]))
     scores = {

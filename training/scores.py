@@ -19,6 +19,7 @@ from detectors.spec import LIKELIHOOD_SCORES
 # images), never on the test images that benchmarks/quality.py reports, by the highest worst
 # case across those protocols. A member that is weak somewhere dilutes Fisher's sum, so only
 # statistics that were strong on every development protocol were kept.
+# Other candidates measured on such splits and left out: benchmarks/results/candidate_statistics.md.
 COMBINED_MEMBERS = {
     "pixelcnn": (
         ("nll_map_distance",),

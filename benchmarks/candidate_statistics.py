@@ -1,0 +1,258 @@
+"""Candidate statistics for the combined score, side by side on development splits: what was tried
+to close the one-class gap of issue 10, each alone and added to the shipped members. Figures, not
+tests; development data only, never the images benchmarks/quality.py reports.
+
+Each unit trains a model with the product's own steps (benchmarks/quality.fit_unit) on one
+class's training images. Densities fit on the training images the product fits its own on
+(training/densities.subset); members get conformal p-values against the first calibration half
+and are combined with Fisher's rule, as in the product. AUROC on the class's *validation* images
+(normal, held out from training) against other classes' *training* images (anomalies).
+
+VAE candidates:
+  latent_knn         mean squared distance of the posterior mean to its LATENT_NEIGHBOURS nearest
+                     training codes: a non-parametric density of the aggregate posterior, beside
+                     latent_nll's Gaussian mixture
+  residual_distance  squared Mahalanobis distance (Ledoit-Wolf) of the signed residual
+                     x - E[x | mu], pooled into 14x14 regions: where strokes are missing or extra
+                     (recon_map_distance sees how large the error is, not its sign)
+  kl, posterior_spread, two-sided
+                     p = min(1, 2 min(p_high, p_low)) against the same reference: a normal-only
+                     way to use a statistic whose direction is not known in advance (both rank
+                     anomalies *below* normal images on one-class MNIST)
+PixelCNN candidates (the shipped member is nll_map_distance, a Gaussian of the full and local
+NLL maps' pooled logs over 7x7 regions):
+  regions_4, regions_14   the same Gaussian over 4x4 and 14x14 regions
+  regions_full            7x7, the full model's map alone
+  regions_ratio           7x7, the map of the local ratio (full minus local)
+  regions_knn             mean squared distance to the 5 nearest training images in the whitened
+                          7x7 features
+
+    PYTHONPATH=. python benchmarks/candidate_statistics.py --kinds vae --classes 2 3 8 9
+    PYTHONPATH=. python benchmarks/candidate_statistics.py --dataset fashion-mnist --classes 0 6
+    PYTHONPATH=. python benchmarks/candidate_statistics.py --merge runs/*/candidate_statistics.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from benchmarks.combination_rules import (  # noqa: E402
+    dev_parser,
+    dev_unit,
+    report,
+    run_units,
+    write_results,
+)
+from benchmarks.quality import auroc, fit_unit  # noqa: E402
+
+LATENT_NEIGHBOURS = 5
+BATCH = 256
+
+
+def nearest_mean_sq(train: np.ndarray, x: np.ndarray, k: int = LATENT_NEIGHBOURS) -> np.ndarray:
+    """Mean squared Euclidean distance of each row of x to its k nearest rows of train, (B,)."""
+    d2 = (x**2).sum(1)[:, None] + (train**2).sum(1)[None] - 2.0 * x @ train.T
+    return np.sort(np.maximum(d2, 0.0), axis=1)[:, :k].mean(1)
+
+
+def pooled(maps: np.ndarray, grid: int) -> np.ndarray:
+    """(N, H, W) -> (N, grid * grid) region means (H and W divisible by grid)."""
+    n, h, w = maps.shape
+    return maps.reshape(n, grid, h // grid, grid, w // grid).mean((2, 4)).reshape(n, -1)
+
+
+def gaussian_distance(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """Squared Mahalanobis distances under a Ledoit-Wolf Gaussian fitted on `train`."""
+    from sklearn.covariance import LedoitWolf
+
+    fitted = LedoitWolf().fit(train)
+    return [fitted.mahalanobis(x) for x in others]
+
+
+def vae_features(fitted, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Posterior means (N, latent) and signed residuals x - E[x | mu] (N, H, W)."""
+    import torch
+
+    model, mus, residuals = fitted.model, [], []
+    with torch.no_grad():
+        for start in range(0, len(images), BATCH):
+            x = torch.from_numpy(np.ascontiguousarray(images[start : start + BATCH]))
+            mu, _ = model.encode(x)
+            mean = model.decoder_mean(model.decode(mu))
+            mus.append(mu.double().numpy())
+            residuals.append((x.float() / 255.0 - mean).mean(1).double().numpy())
+    return {"mu": np.concatenate(mus), "residual": np.concatenate(residuals)}
+
+
+def pixelcnn_features(fitted, images: np.ndarray) -> dict[str, np.ndarray]:
+    """The full and the local model's NLL maps, log(bits + floor) as the region density takes
+    them, each (N, H, W)."""
+    import torch
+
+    from training.models.density import LOG_FLOOR_BITS
+
+    full, local = [], []
+    with torch.no_grad():
+        for start in range(0, len(images), BATCH):
+            x = torch.from_numpy(np.ascontiguousarray(images[start : start + BATCH]))
+            for out, model in ((full, fitted.model), (local, fitted.statistics.local)):
+                bits = model.nll_bits_map(x)
+                out.append(torch.log(bits.double() + LOG_FLOOR_BITS).mean(1).numpy())
+    return {"full": np.concatenate(full), "local": np.concatenate(local)}
+
+
+def candidates(kind: str, train: dict, parts: list[dict]) -> list[dict[str, np.ndarray]]:
+    """Each candidate statistic (higher = more anomalous) of each of `parts` (features of
+    calibration, normal and anomalous images), fitted on `train` (features of training images)."""
+    out = [{} for _ in parts]
+    if kind == "vae":
+        for o, p in zip(out, parts, strict=True):
+            o["latent_knn"] = nearest_mean_sq(train["mu"], p["mu"])
+        grid = 14
+        for o, d in zip(
+            out,
+            gaussian_distance(
+                pooled(train["residual"], grid), *[pooled(p["residual"], grid) for p in parts]
+            ),
+            strict=True,
+        ):
+            o["residual_distance"] = d
+        return out
+    views = {
+        "regions_4": (4, lambda f: (f["full"], f["local"])),
+        "regions_14": (14, lambda f: (f["full"], f["local"])),
+        "regions_full": (7, lambda f: (f["full"],)),
+        "regions_ratio": (7, lambda f: (f["full"] - f["local"],)),
+    }
+    for name, (grid, maps) in views.items():
+
+        def features(f, grid=grid, maps=maps):
+            return np.concatenate([pooled(m, grid) for m in maps(f)], axis=1)
+
+        distances = gaussian_distance(features(train), *[features(p) for p in parts])
+        for o, d in zip(out, distances, strict=True):
+            o[name] = d
+    from sklearn.covariance import LedoitWolf
+
+    def seven(f):
+        return np.concatenate([pooled(f["full"], 7), pooled(f["local"], 7)], axis=1)
+
+    fitted = LedoitWolf().fit(seven(train))
+    whiten = np.linalg.cholesky(fitted.precision_)
+    reference = (seven(train) - fitted.location_) @ whiten
+    for o, p in zip(out, parts, strict=True):
+        o["regions_knn"] = nearest_mean_sq(reference, (seven(p) - fitted.location_) @ whiten)
+    return out
+
+
+TWO_SIDED = {"vae": ("kl", "posterior_spread"), "pixelcnn": ()}
+
+
+def fisher_auroc(first, normal, anomalous, members, two_sided=()) -> float:
+    """AUROC of Fisher's combination of the members' conformal p-values against `first`."""
+    from detectors.calibration import conformal_p_values, reference_from_scores
+
+    def statistic(scores):
+        total = 0.0
+        for m in members:
+            p = conformal_p_values(scores[m], reference_from_scores(first[m]))
+            if m in two_sided:
+                low = conformal_p_values(-scores[m], reference_from_scores(-first[m]))
+                p = np.minimum(1.0, 2.0 * np.minimum(p, low))
+            total = total - 2.0 * np.log(p)
+        return total
+
+    return auroc(statistic(normal), statistic(anomalous))
+
+
+def measure(kind: str, dataset: str, cls: int, epochs: int, datasets: str) -> dict:
+    from detectors.combination import calibration_halves
+    from training.densities import subset
+    from training.scores import COMBINED_MEMBERS
+
+    started = time.monotonic()
+    unit = dev_unit(dataset, cls, datasets)
+    fitted = fit_unit(kind, unit["train"], epochs, source=dataset)
+    splits = fitted.splits
+    features = vae_features if kind == "vae" else pixelcnn_features
+    train_images = splits.train.images[subset(len(splits.train))]
+    sets = [splits.calibration.images, splits.validation.images, unit["anomalous"]]
+    extra = candidates(kind, features(fitted, train_images), [features(fitted, s) for s in sets])
+    cal, normal, anomalous = [{**fitted.raw(s), **e} for s, e in zip(sets, extra, strict=True)]
+    first_idx, _ = calibration_halves(len(splits.calibration))
+    first = {name: values[first_idx] for name, values in cal.items()}
+    shipped = list(COMBINED_MEMBERS[kind][0])
+    names = [*shipped, *TWO_SIDED[kind], *extra[0]]
+    alone = {n: auroc(normal[n], anomalous[n]) for n in names}
+    for n in TWO_SIDED[kind]:
+        alone[f"{n} (two-sided)"] = fisher_auroc(first, normal, anomalous, [n], two_sided=(n,))
+    combined = {"shipped": fisher_auroc(first, normal, anomalous, shipped)}
+    for n in [*TWO_SIDED[kind], *extra[0]]:
+        key = f"+ {n}" + (" (two-sided)" if n in TWO_SIDED[kind] else "")
+        combined[key] = fisher_auroc(first, normal, anomalous, [*shipped, n], TWO_SIDED[kind])
+    if kind == "vae":
+        combined["latent_knn for latent_nll"] = fisher_auroc(
+            first, normal, anomalous, ["latent_knn", *shipped[1:]]
+        )
+    return report(
+        {"kind": kind, "dataset": dataset, "normal_class": cls, "epochs": epochs},
+        {"n_normal": len(normal[shipped[0]]), "n_anomalous": len(anomalous[shipped[0]])},
+        alone=alone,
+        combined=combined,
+        started=started,
+    )
+
+
+def markdown(results: list[dict]) -> str:
+    lines = [
+        "Candidate statistics on development splits (AUROC x 100; normal: the class's validation "
+        "images; anomalies: other classes' training images; Fisher's rule over conformal "
+        "p-values, as shipped)",
+    ]
+    groups = {(r["kind"], r["dataset"], r["epochs"]) for r in results}
+    for kind, dataset, epochs in sorted(
+        groups, key=lambda g: (g[0] != "vae", g[1] != "mnist", g[2])
+    ):
+        rows = [
+            r for r in results if (r["kind"], r["dataset"], r["epochs"]) == (kind, dataset, epochs)
+        ]
+        units = [f"class {r['normal_class']}" for r in rows]
+        header = "| | " + " | ".join(units) + " | mean |"
+        rule = "|---|" + "---:|" * (len(units) + 1)
+        for part, title in (("alone", "alone"), ("combined", "the shipped members and")):
+            lines += [
+                "",
+                f"{kind} ({epochs} epoch{'' if epochs == 1 else 's'}), {dataset}, {title}:",
+                "",
+                header,
+                rule,
+            ]
+            for name in rows[0][part]:
+                values = [100 * r[part][name] for r in rows]
+                cells = " | ".join(f"{v:.2f}" for v in values)
+                lines.append(f"| {name} | {cells} | {np.mean(values):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = dev_parser(__doc__, [2, 3, 8, 9], "runs/candidate-statistics")
+    parser.add_argument(
+        "--merge", nargs="+", metavar="JSON", help="instead of running: join earlier runs' results"
+    )
+    args = parser.parse_args(argv)
+    if args.merge:
+        results = [r for path in args.merge for r in json.loads(Path(path).read_text())]
+    else:
+        results = run_units(args, measure)
+    write_results(args.out, "candidate_statistics", results, markdown)
+
+
+if __name__ == "__main__":
+    main()
