@@ -63,9 +63,11 @@ def nearest_mean_sq(train: np.ndarray, x: np.ndarray, k: int = LATENT_NEIGHBOURS
 
 
 def pooled(maps: np.ndarray, grid: int) -> np.ndarray:
-    """(N, H, W) -> (N, grid * grid) region means (H and W divisible by grid)."""
+    """(N, H, W) -> (N, grid * grid) region means, pooled as the product's region density pools."""
+    from training.models.density import pooling_matrix
+
     n, h, w = maps.shape
-    return maps.reshape(n, grid, h // grid, grid, w // grid).mean((2, 4)).reshape(n, -1)
+    return maps.reshape(n, h * w) @ pooling_matrix(h, w, grid)
 
 
 def gaussian_distance(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
@@ -113,16 +115,10 @@ def candidates(kind: str, train: dict, parts: list[dict]) -> list[dict[str, np.n
     calibration, normal and anomalous images), fitted on `train` (features of training images)."""
     out = [{} for _ in parts]
     if kind == "vae":
-        for o, p in zip(out, parts, strict=True):
+        residuals = [pooled(f["residual"], 14) for f in (train, *parts)]
+        distances = gaussian_distance(residuals[0], *residuals[1:])
+        for o, p, d in zip(out, parts, distances, strict=True):
             o["latent_knn"] = nearest_mean_sq(train["mu"], p["mu"])
-        grid = 14
-        for o, d in zip(
-            out,
-            gaussian_distance(
-                pooled(train["residual"], grid), *[pooled(p["residual"], grid) for p in parts]
-            ),
-            strict=True,
-        ):
             o["residual_distance"] = d
         return out
     views = {
@@ -144,9 +140,10 @@ def candidates(kind: str, train: dict, parts: list[dict]) -> list[dict[str, np.n
     def seven(f):
         return np.concatenate([pooled(f["full"], 7), pooled(f["local"], 7)], axis=1)
 
-    fitted = LedoitWolf().fit(seven(train))
+    features = seven(train)
+    fitted = LedoitWolf().fit(features)
     whiten = np.linalg.cholesky(fitted.precision_)
-    reference = (seven(train) - fitted.location_) @ whiten
+    reference = (features - fitted.location_) @ whiten
     for o, p in zip(out, parts, strict=True):
         o["regions_knn"] = nearest_mean_sq(reference, (seven(p) - fitted.location_) @ whiten)
     return out
@@ -158,16 +155,17 @@ TWO_SIDED = {"vae": ("kl", "posterior_spread"), "pixelcnn": ()}
 def fisher_auroc(first, normal, anomalous, members, two_sided=()) -> float:
     """AUROC of Fisher's combination of the members' conformal p-values against `first`."""
     from detectors.calibration import conformal_p_values, reference_from_scores
+    from detectors.combination import fisher
+
+    def p_value(scores, m):
+        p = conformal_p_values(scores[m], reference_from_scores(first[m]))
+        if m in two_sided:
+            low = conformal_p_values(-scores[m], reference_from_scores(-first[m]))
+            p = np.minimum(1.0, 2.0 * np.minimum(p, low))
+        return p
 
     def statistic(scores):
-        total = 0.0
-        for m in members:
-            p = conformal_p_values(scores[m], reference_from_scores(first[m]))
-            if m in two_sided:
-                low = conformal_p_values(-scores[m], reference_from_scores(-first[m]))
-                p = np.minimum(1.0, 2.0 * np.minimum(p, low))
-            total = total - 2.0 * np.log(p)
-        return total
+        return fisher([p_value(scores, m) for m in members])
 
     return auroc(statistic(normal), statistic(anomalous))
 
