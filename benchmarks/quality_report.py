@@ -150,19 +150,25 @@ def _goals(records: list[dict], means: dict) -> list[str]:
     return lines + [""]
 
 
+def _run_time(run: dict) -> str:
+    """One run's wall time and, where recorded, the load average at its end."""
+    load = run.get("load_average") or run.get("machine", {}).get("load_average")
+    minutes = f"{run['wall_seconds'] / 60:.1f} min"
+    return minutes if load is None else f"{minutes}, load average at the end {load[0]:.1f}"
+
+
 def markdown(results: dict) -> str:
     records = results["records"]
     budgets = ", ".join(
         f"{KINDS[k]} {v} epoch{'' if v == 1 else 's'}" for k, v in results["budgets_epochs"].items()
     )
     runs = results.get("runs", [results])  # merged results (--merge) keep each run's
-    commands = "; ".join(f"`{r['command']}` ({r['wall_seconds'] / 60:.1f} min)" for r in runs)
+    commands = "; ".join(f"`{r['command']}` ({_run_time(r)})" for r in runs)
     lines = [
         "## Quality (benchmarks/quality.py)",
         "",
         f"{'Commands' if len(runs) > 1 else 'Command'}: {commands}; "
-        f"{results['machine']['cpus']} CPUs, "
-        f"load average at the end {results['machine']['load_average'][0]:.1f}; "
+        f"{results['machine']['cpus']} CPUs; "
         f"wall time {results['wall_seconds'] / 60:.1f} min in all. Training budget per model: "
         f"{budgets} (the PixelCNN's 3x3 local model as many). Models: {results['models']}.",
         "",
