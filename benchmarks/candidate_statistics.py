@@ -218,9 +218,14 @@ def markdown(results: list[dict]) -> str:
     for kind, dataset, epochs in sorted(
         groups, key=lambda g: (g[0] != "vae", g[1] != "mnist", g[2])
     ):
-        rows = [
-            r for r in results if (r["kind"], r["dataset"], r["epochs"]) == (kind, dataset, epochs)
-        ]
+        rows = sorted(
+            (
+                r
+                for r in results
+                if (r["kind"], r["dataset"], r["epochs"]) == (kind, dataset, epochs)
+            ),
+            key=lambda r: r["normal_class"],
+        )
         units = [f"class {r['normal_class']}" for r in rows]
         header = "| | " + " | ".join(units) + " | mean |"
         rule = "|---|" + "---:|" * (len(units) + 1)
