@@ -151,10 +151,18 @@ def _goals(records: list[dict], means: dict) -> list[str]:
 
 
 def _run_time(run: dict) -> str:
-    """One run's wall time and, where recorded, the load average at its end."""
-    load = run.get("load_average") or run.get("machine", {}).get("load_average")
-    minutes = f"{run['wall_seconds'] / 60:.1f} min"
-    return minutes if load is None else f"{minutes}, load average at the end {load[0]:.1f}"
+    """One run's wall time and, where recorded, the load average at its end and how many models
+    trained at once (runs from before --workers trained one at a time and do not say)."""
+    machine = run.get("machine", {})  # a run's own record, or the entry of a merge
+    load = run.get("load_average") or machine.get("load_average")
+    workers = run.get("workers") or machine.get("workers")
+    text = f"{run['wall_seconds'] / 60:.1f} min"
+    if load is not None:
+        text += f", load average at the end {load[0]:.1f}"
+    if workers is not None:
+        threads = run.get("threads_per_worker") or machine.get("threads_per_worker")
+        text += f", {workers} models at once with {threads} thread(s) each"
+    return text
 
 
 def markdown(results: dict) -> str:
