@@ -20,7 +20,7 @@ score and its members were fixed before this run on development splits whose ano
 classes' training images (training/scores.py).
 
     PYTHONPATH=. python benchmarks/quality.py --quick --out runs/quality-cpu  # CPU protocol, 61 min
-    PYTHONPATH=. python benchmarks/quality.py --out runs/quality              # 10 classes (~2.7 h)
+    PYTHONPATH=. python benchmarks/quality.py --out runs/quality              # 10 classes (~3 h)
     PYTHONPATH=. python benchmarks/quality.py --device cuda --vae-epochs 30 --pixelcnn-epochs 10 \
         --out runs/quality-gpu                                                   # GPU protocol
 
