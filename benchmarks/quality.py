@@ -315,8 +315,8 @@ def main(argv=None) -> None:
         "--workers",
         type=int,
         help="models trained at once, each in its own process with CPUs/workers threads (default: "
-        "one per CPU on cpu, 1 on cuda); on 2 CPUs, two single-threaded models finish about 1.25x "
-        "sooner than one model on both",
+        "one per CPU on cpu, 1 on cuda); on 2 CPUs, two single-threaded models got through about "
+        "1.2-1.3x the training steps of one model on both",
     )
     args = parser.parse_args(argv)
     budgets = {"vae": args.vae_epochs, "pixelcnn": args.pixelcnn_epochs}
