@@ -8,7 +8,8 @@ class's training images. Densities fit on the training images the product fits i
 and are combined with Fisher's rule, as in the product. AUROC on the class's *validation* images
 (normal, held out from training) against other classes' *training* images (anomalies).
 
-VAE candidates:
+VAE candidates (the shipped members: latent_nll, recon_map_distance, iwae_minus_png and
+encoder_distance, which replaced recon_mse in 2026-12; recon_mse is measured in its old place):
   latent_knn         mean squared distance of the posterior mean to its LATENT_NEIGHBOURS nearest
                      training codes: a non-parametric density of the aggregate posterior, beside
                      latent_nll's Gaussian mixture
@@ -27,8 +28,10 @@ NLL maps' pooled logs over 7x7 regions):
   regions_knn             mean squared distance to the 5 nearest training images in the whitened
                           7x7 features
 
-    PYTHONPATH=. python benchmarks/candidate_statistics.py --kinds vae --classes 2 3 8 9
-    PYTHONPATH=. python benchmarks/candidate_statistics.py --dataset fashion-mnist --classes 0 6
+    PYTHONPATH=. python benchmarks/candidate_statistics.py --classes 2 3 4 5 8 9 --epochs 16
+    PYTHONPATH=. python benchmarks/candidate_statistics.py --dataset fashion-mnist \
+        --classes 0 2 4 6 --epochs 16
+    PYTHONPATH=. python benchmarks/candidate_statistics.py --dataset pair --classes 0 --epochs 8
     PYTHONPATH=. python benchmarks/candidate_statistics.py --merge runs/*/candidate_statistics.json
 """
 
@@ -150,6 +153,9 @@ def candidates(kind: str, train: dict, parts: list[dict]) -> list[dict[str, np.n
 
 
 TWO_SIDED = {"vae": ("kl", "posterior_spread"), "pixelcnn": ()}
+# Statistics of the graph that left the combined score, and the member each gave way to: each is
+# measured alone, added to the members, and in its old place (the earlier members).
+FORMER = {"vae": {"recon_mse": "encoder_distance"}, "pixelcnn": {}}
 
 
 def fisher_auroc(first, normal, anomalous, members, two_sided=()) -> float:
@@ -187,12 +193,17 @@ def measure(kind: str, dataset: str, cls: int, epochs: int, datasets: str) -> di
     first_idx, _ = calibration_halves(len(splits.calibration))
     first = {name: values[first_idx] for name, values in cal.items()}
     shipped = list(COMBINED_MEMBERS[kind][0])
-    names = [*shipped, *TWO_SIDED[kind], *extra[0]]
+    names = [*shipped, *FORMER[kind], *TWO_SIDED[kind], *extra[0]]
     alone = {n: auroc(normal[n], anomalous[n]) for n in names}
     for n in TWO_SIDED[kind]:
         alone[f"{n} (two-sided)"] = fisher_auroc(first, normal, anomalous, [n], two_sided=(n,))
     combined = {"shipped": fisher_auroc(first, normal, anomalous, shipped)}
-    for n in [*TWO_SIDED[kind], *extra[0]]:
+    for n, replaced in FORMER[kind].items():
+        earlier = [n if m == replaced else m for m in shipped]
+        combined[f"{n} for {replaced} (earlier members)"] = fisher_auroc(
+            first, normal, anomalous, earlier
+        )
+    for n in [*FORMER[kind], *TWO_SIDED[kind], *extra[0]]:
         key = f"+ {n}" + (" (two-sided)" if n in TWO_SIDED[kind] else "")
         combined[key] = fisher_auroc(first, normal, anomalous, [*shipped, n], TWO_SIDED[kind])
     if kind == "vae":

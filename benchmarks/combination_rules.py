@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.quality import DATASETS, auroc, fit_unit, load  # noqa: E402
+from benchmarks.quality import DATASETS, PAIR_TRAIN, auroc, fit_unit, load  # noqa: E402
 
 RULES = ("fisher", "tippett", "stouffer", "gaussian", "mixture")
 DEV_ANOMALIES = 1000
@@ -78,9 +78,17 @@ def rule_statistics(first: dict, members: dict) -> dict[str, np.ndarray]:
 
 def dev_unit(dataset: str, cls: int, datasets: str, seed: int = 0) -> dict:
     """One class's training images, and other classes' training images (stratified) as the
-    development anomalies."""
-    images, labels = load(datasets, dataset, "train")
+    development anomalies; for the pair (`dataset` "pair", `cls` unused), PAIR_TRAIN Fashion-MNIST
+    training images and DEV_ANOMALIES MNIST *training* images."""
     rng = np.random.default_rng(seed)
+    if dataset == "pair":
+        fashion, _ = load(datasets, "fashion-mnist", "train")
+        mnist, _ = load(datasets, "mnist", "train")
+        return {
+            "train": fashion[rng.choice(len(fashion), PAIR_TRAIN, replace=False)],
+            "anomalous": mnist[rng.choice(len(mnist), DEV_ANOMALIES, replace=False)],
+        }
+    images, labels = load(datasets, dataset, "train")
     anomalous = np.concatenate(
         [
             rng.choice(np.flatnonzero(labels == c), DEV_ANOMALIES // 9, replace=False)
@@ -154,7 +162,12 @@ def markdown(results: list[dict]) -> str:
 def dev_parser(doc: str, classes: list[int], out: str) -> argparse.ArgumentParser:
     """The options of a benchmark over development units (this one, candidate_statistics.py)."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
-    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    parser.add_argument(
+        "--dataset",
+        default="mnist",
+        choices=["mnist", "fashion-mnist", "pair"],
+        help="pair: Fashion-MNIST training images against MNIST training images (--classes 0)",
+    )
     parser.add_argument("--classes", type=int, nargs="+", default=classes)
     parser.add_argument("--kinds", default="vae", help="vae, pixelcnn or both (comma-separated)")
     parser.add_argument("--epochs", type=int, help="training epochs (default: VAE 8, PixelCNN 1)")

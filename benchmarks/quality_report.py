@@ -178,7 +178,8 @@ def markdown(results: dict) -> str:
         f"{'Commands' if len(runs) > 1 else 'Command'}: {commands}; "
         f"{results['machine']['cpus']} CPUs; "
         f"wall time {results['wall_seconds'] / 60:.1f} min in all. Training budget per model: "
-        f"{budgets} (the PixelCNN's 3x3 local model as many). Models: {results['models']}.",
+        f"{budgets} (the PixelCNN's 3x3 local model as many){_pair_budget(results)}. "
+        f"Models: {results['models']}.",
         "",
     ]
     means = {}
@@ -188,3 +189,16 @@ def markdown(results: dict) -> str:
         body += part
     lines += _goals(records, means) + body + _pair(records) + _fpr(records)
     return "\n".join(lines) + "\n"
+
+
+def _pair_budget(results: dict) -> str:
+    """The pair's epochs where they differ from the one-class budget (benchmarks/quality.py's
+    PAIR_EPOCH_SHARE; runs before it trained the pair for the full budget)."""
+    pair = next((r for r in results["records"] if r["protocol"] == "pair"), None)
+    if pair is None:
+        return ""
+    epochs = {k: pair[k]["epochs"] for k in KINDS if k in pair}
+    if all(epochs[k] == results["budgets_epochs"].get(k) for k in epochs):
+        return ""
+    parts = ", ".join(f"{KINDS[k]} {v}" for k, v in epochs.items())
+    return f"; on the pair, which has twice a class's training images, half the epochs ({parts})"

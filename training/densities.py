@@ -1,7 +1,8 @@
 """After training, before export: the local model's partner statistics and the densities fitted on
 the normal training images, which the exported graph then computes (models/density.py).
 
-    VAE        LatentMixture over the posterior means; RegionDensity over the reconstruction maps
+    VAE        LatentMixture over the posterior means; RegionDensity over the reconstruction maps;
+               FeatureDensity over the encoder's last feature maps
     PixelCNN   RegionDensity over the full and the local model's NLL maps, side by side
 
 Fitted on the training split (never the calibration images, whose scores must stay exchangeable
@@ -20,7 +21,7 @@ from detectors.runtime import vae_noise
 from detectors.spec import NoiseSpec
 
 from .models import PixelCNN
-from .models.density import LatentMixture, RegionDensity
+from .models.density import FeatureDensity, LatentMixture, RegionDensity
 
 FIT_IMAGES = 4000
 BATCH = 256
@@ -33,6 +34,7 @@ class Statistics:
     local: PixelCNN | None = None  # PixelCNN only: the 3x3 model of the local ratio
     latent: LatentMixture | None = None  # VAE only
     region: RegionDensity | None = None
+    encoder: FeatureDensity | None = None  # VAE only
 
 
 def local_config(config: dict) -> dict:
@@ -74,8 +76,9 @@ def fit_statistics(
                 batch["local"] = local.cpu().eval().nll_bits_map(xb, yb)
         else:
             eps = torch.from_numpy(vae_noise(noise, len(xb)))
-            terms = model.score_terms(xb, eps, yb)
-            batch = {"recon": terms[2], "mu": terms[5]}
+            features = model.encoder_features(xb, yb)
+            terms = model.score_terms(xb, eps, yb, features=features)
+            batch = {"recon": terms[2], "mu": terms[5], "features": features}
         for name, value in batch.items():
             parts.setdefault(name, []).append(value)
     values = {name: torch.cat(chunks) for name, chunks in parts.items()}
@@ -85,4 +88,5 @@ def fit_statistics(
     return Statistics(
         latent=LatentMixture.fit(values["mu"].double().numpy()),
         region=RegionDensity.fit(values["recon"]),
+        encoder=FeatureDensity.fit(values["features"]),
     )

@@ -30,7 +30,7 @@ from detectors.spec import (
 
 from .densities import Statistics
 from .models import VAE, PixelCNN
-from .models.density import LatentMixture, RegionDensity
+from .models.density import FeatureDensity, LatentMixture, RegionDensity
 from .scores import default_score, score_specs
 
 OPSET = 18
@@ -78,7 +78,8 @@ class VAEGraph(nn.Module):
     """(images, noise) -> neg_elbo_bits_per_dim, iwae_bits_per_dim, recon_bits_map, recon_mse,
     kl_bits_per_dim and posterior_log_std (the posterior's mean log standard deviation, nats);
     with the fitted densities (models/density.py), latent_nll_nats (the posterior mean under the
-    latent mixture) and recon_map_distance (the reconstruction map under the region density)."""
+    latent mixture), recon_map_distance (the reconstruction map under the region density) and
+    encoder_distance (the encoder's features under the feature density)."""
 
     def __init__(
         self,
@@ -86,25 +87,31 @@ class VAEGraph(nn.Module):
         *,
         latent: LatentMixture | None = None,
         region: RegionDensity | None = None,
+        encoder: FeatureDensity | None = None,
     ):
         super().__init__()
         self.model = model
         self.latent = latent
         self.region = region
+        self.encoder = encoder
 
     def output_names(self) -> list[str]:
         names = ["neg_elbo_bits_per_dim", "iwae_bits_per_dim", "recon_bits_map", "recon_mse"]
         names += ["kl_bits_per_dim", "posterior_log_std"]
         names += ["latent_nll_nats"] if self.latent is not None else []
-        return names + (["recon_map_distance"] if self.region is not None else [])
+        names += ["recon_map_distance"] if self.region is not None else []
+        return names + (["encoder_distance"] if self.encoder is not None else [])
 
     def forward(self, images, noise, labels=None):
-        *bounds, kl, mu, logvar = self.model.score_terms(images, noise, labels)
+        features = self.model.encoder_features(images, labels)
+        *bounds, kl, mu, logvar = self.model.score_terms(images, noise, labels, features=features)
         outputs = (*bounds, kl, 0.5 * logvar.mean(1))
         if self.latent is not None:
             outputs += (self.latent(mu),)
         if self.region is not None:
             outputs += (self.region(bounds[2]),)
+        if self.encoder is not None:
+            outputs += (self.encoder(features),)
         return outputs
 
 
@@ -172,7 +179,7 @@ def scoring_graph(
     st = statistics or Statistics()
     if kind == "pixelcnn":
         return PixelCNNGraph(model, local=st.local, region=st.region)
-    return VAEGraph(model, latent=st.latent, region=st.region)
+    return VAEGraph(model, latent=st.latent, region=st.region, encoder=st.encoder)
 
 
 def base_spec(

@@ -118,11 +118,17 @@ def test_the_statistics_in_the_graph_match_torch(kind):
         feeds["noise"] = vae_noise(noise, len(test))
         args += (torch.from_numpy(feeds["noise"]),)
     names = graph.output_names()
-    new = {"local_nll_bits_per_dim", "nll_map_distance", "latent_nll_nats", "recon_map_distance"}
+    new = {
+        "local_nll_bits_per_dim",
+        "nll_map_distance",
+        "latent_nll_nats",
+        "recon_map_distance",
+        "encoder_distance",
+    }
     assert new & set(names) == (
         {"local_nll_bits_per_dim", "nll_map_distance"}
         if kind == "pixelcnn"
-        else {"latent_nll_nats", "recon_map_distance"}
+        else {"latent_nll_nats", "recon_map_distance", "encoder_distance"}
     )
     got = dict(zip(names, session.run(names, feeds), strict=True))
     with torch.no_grad():

@@ -10,8 +10,12 @@
   found hard. The total likelihood averages that pattern away, and a pixel-level likelihood is
   dominated by local texture that every class shares (DoSE, Morningstar et al. 2021, fits
   densities of such statistics).
+- `FeatureDensity`: a Gaussian over the VAE encoder's last feature maps, each channel pooled into
+  FEATURE_GRID x FEATURE_GRID regions: how typical the image looks to the encoder before it is
+  squeezed into the latent code. Alone it was the strongest VAE statistic on the development
+  splits (benchmarks/results/candidate_statistics.md).
 
-Both are plain buffers and tensor arithmetic, so the exported graph computes them.
+All are plain buffers and tensor arithmetic, so the exported graph computes them.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import torch
 from torch import nn
 
 GRID = 7  # regions per side (28x28 -> 4x4-pixel regions); at most the image's own size
+# regions per side of a feature map (a 28x28 VAE's 7x7 codes -> 3x3; 128 channels x 9 features)
+FEATURE_GRID = 3
 LOG_FLOOR_BITS = 0.01  # log(map + floor): a pixel the model predicts perfectly is not -inf
 MIXTURE_COMPONENTS = (1, 2, 4, 8, 16)
 
@@ -86,15 +92,42 @@ def pooling_matrix(height: int, width: int, grid: int = GRID) -> np.ndarray:
     return np.kron(bins(height, gh), bins(width, gw))  # rows: pixel (y, x); columns: region
 
 
-class RegionDensity(nn.Module):
-    """Per-pixel maps, each (B, C, H, W) in bits -> squared Mahalanobis distance (B,) of their
-    pooled logs, side by side, from the normal images' (a Gaussian with a shrunk covariance)."""
+class PooledGaussian(nn.Module):
+    """Maps -> squared Mahalanobis distance (B,) of their pooled `features` from the normal
+    images', under a Gaussian whose covariance Ledoit-Wolf shrinks. Subclasses say what the
+    features are and into how many regions per side (`grid`) a map is pooled."""
+
+    grid = GRID
 
     def __init__(self, pooling: np.ndarray, mean: np.ndarray, precision: np.ndarray):
         super().__init__()
         self.register_buffer("pooling", torch.tensor(pooling, dtype=torch.float32))
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("precision", torch.tensor(precision, dtype=torch.float32))
+
+    def features(self, *maps: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @classmethod
+    def fit(cls, *maps: torch.Tensor) -> PooledGaussian:
+        """Fit on the maps (N, C, H, W) of normal images."""
+        from sklearn.covariance import LedoitWolf
+
+        pooling = pooling_matrix(maps[0].shape[2], maps[0].shape[3], cls.grid)
+        probe = cls(pooling, np.zeros(1), np.eye(1))  # the features need the pooling only
+        with torch.no_grad():
+            features = probe.features(*maps).double().numpy()
+        covariance = LedoitWolf().fit(features).covariance_
+        return cls(pooling, features.mean(0), np.linalg.inv(covariance))
+
+    def forward(self, *maps: torch.Tensor) -> torch.Tensor:
+        delta = self.features(*maps) - self.mean  # (B, features)
+        return ((delta @ self.precision) * delta).sum(1)
+
+
+class RegionDensity(PooledGaussian):
+    """Per-pixel maps, each (B, C, H, W) in bits -> squared Mahalanobis distance (B,) of their
+    pooled logs, side by side, from the normal images'."""
 
     def features(self, *bits_maps: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) maps -> (B, maps * regions): the log of each map, averaged over channels,
@@ -105,19 +138,15 @@ class RegionDensity(nn.Module):
         ]
         return torch.cat(pooled, dim=1)
 
-    @classmethod
-    def fit(cls, *bits_maps: torch.Tensor) -> RegionDensity:
-        """Fit on the maps (N, C, H, W) of normal images; Ledoit-Wolf shrinks the covariance."""
-        from sklearn.covariance import LedoitWolf
 
-        pooling = pooling_matrix(bits_maps[0].shape[2], bits_maps[0].shape[3])
-        size = pooling.shape[1] * len(bits_maps)
-        probe = cls(pooling, np.zeros(size), np.eye(size))
-        with torch.no_grad():
-            features = probe.features(*bits_maps).double().numpy()
-        covariance = LedoitWolf().fit(features).covariance_
-        return cls(pooling, features.mean(0), np.linalg.inv(covariance))
+class FeatureDensity(PooledGaussian):
+    """A network's feature maps (B, C, h, w) -> squared Mahalanobis distance (B,) of each
+    channel's means over FEATURE_GRID x FEATURE_GRID regions from the normal images'. On the VAE's
+    encoder it says how typical the image's features are before they are squeezed into the
+    latent code (a Gaussian of a network's features, as in Rippel et al. 2020)."""
 
-    def forward(self, *bits_maps: torch.Tensor) -> torch.Tensor:
-        delta = self.features(*bits_maps) - self.mean  # (B, features)
-        return ((delta @ self.precision) * delta).sum(1)
+    grid = FEATURE_GRID
+
+    def features(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, C * regions)."""
+        return (maps.float().flatten(2) @ self.pooling).flatten(1)

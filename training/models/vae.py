@@ -101,12 +101,19 @@ class VAE(nn.Module):
 
     def encode(self, x: torch.Tensor, label: torch.Tensor | None = None):
         """uint8 (B, C, H, W) -> posterior mean and log-variance, each (B, latent)."""
+        return self.posterior(self.encoder_features(x, label))
+
+    def encoder_features(self, x: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 (B, C, H, W) -> the encoder's last feature maps, (B, 4h, H/4, W/4)."""
         inp = x.float() / 127.5 - 1.0
         onehot = self._one_hot(label)
         if onehot is not None:
             inp = torch.cat([inp, onehot[:, :, None, None].expand(-1, -1, *inp.shape[2:])], dim=1)
-        stats = self.to_posterior(self.encoder(inp).flatten(1))
-        mu, logvar = stats.chunk(2, dim=1)
+        return self.encoder(inp)
+
+    def posterior(self, features: torch.Tensor):
+        """Encoder features (B, 4h, H/4, W/4) -> posterior mean and log-variance (B, latent)."""
+        mu, logvar = self.to_posterior(features.flatten(1)).chunk(2, dim=1)
         return mu, logvar.clamp(-12.0, 8.0)
 
     def decode(self, z: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
@@ -146,12 +153,22 @@ class VAE(nn.Module):
         """
         return self.score_terms(x, eps, label)[:4]
 
-    def score_terms(self, x: torch.Tensor, eps: torch.Tensor, label: torch.Tensor | None = None):
+    def score_terms(
+        self,
+        x: torch.Tensor,
+        eps: torch.Tensor,
+        label: torch.Tensor | None = None,
+        *,
+        features: torch.Tensor | None = None,
+    ):
         """`scores`, then kl_bits_per_dim (B,) (the KL term of the bound), the posterior mean
-        (B, latent) and its log-variance (B, latent)."""
+        (B, latent) and its log-variance (B, latent). `features`: the encoder's features of x,
+        when the caller has them already (encoder_features)."""
         b, k = eps.shape[0], eps.shape[1]
         dims = x[0].numel()
-        mu, logvar = self.encode(x, label)
+        if features is None:
+            features = self.encoder_features(x, label)
+        mu, logvar = self.posterior(features)
         std = torch.exp(0.5 * logvar)
         z = mu[:, None] + std[:, None] * eps  # (B, K, latent)
         # expand + reshape rather than repeat_interleave(k): keeps K symbolic in the exported graph
