@@ -8,8 +8,8 @@ class's training images. Densities fit on the training images the product fits i
 and are combined with Fisher's rule, as in the product. AUROC on the class's *validation* images
 (normal, held out from training) against other classes' *training* images (anomalies).
 
-VAE candidates (the shipped members: latent_nll, recon_map_distance, iwae_minus_png and
-encoder_distance, which replaced recon_mse in 2026-12; recon_mse is measured in its old place):
+VAE candidates (the shipped members: latent_nll, recon_map_distance, recon_mse, iwae_minus_png
+and encoder_distance, which joined in 2026-12; VARIANTS are measured beside them):
   latent_knn         mean squared distance of the posterior mean to its LATENT_NEIGHBOURS nearest
                      training codes: a non-parametric density of the aggregate posterior, beside
                      latent_nll's Gaussian mixture
@@ -153,9 +153,25 @@ def candidates(kind: str, train: dict, parts: list[dict]) -> list[dict[str, np.n
 
 
 TWO_SIDED = {"vae": ("kl", "posterior_spread"), "pixelcnn": ()}
-# Statistics of the graph that left the combined score, and the member each gave way to: each is
-# measured alone, added to the members, and in its old place (the earlier members).
-FORMER = {"vae": {"recon_mse": "encoder_distance"}, "pixelcnn": {}}
+# Other member sets measured beside the shipped one: the VAE's before encoder_distance joined,
+# and with encoder_distance in place of recon_mse.
+VARIANTS = {
+    "vae": {
+        "earlier members (without encoder_distance)": (
+            "latent_nll",
+            "recon_map_distance",
+            "recon_mse",
+            "iwae_minus_png",
+        ),
+        "encoder_distance for recon_mse": (
+            "latent_nll",
+            "recon_map_distance",
+            "iwae_minus_png",
+            "encoder_distance",
+        ),
+    },
+    "pixelcnn": {},
+}
 
 
 def fisher_auroc(first, normal, anomalous, members, two_sided=()) -> float:
@@ -193,17 +209,14 @@ def measure(kind: str, dataset: str, cls: int, epochs: int, datasets: str) -> di
     first_idx, _ = calibration_halves(len(splits.calibration))
     first = {name: values[first_idx] for name, values in cal.items()}
     shipped = list(COMBINED_MEMBERS[kind][0])
-    names = [*shipped, *FORMER[kind], *TWO_SIDED[kind], *extra[0]]
+    names = [*shipped, *TWO_SIDED[kind], *extra[0]]
     alone = {n: auroc(normal[n], anomalous[n]) for n in names}
     for n in TWO_SIDED[kind]:
         alone[f"{n} (two-sided)"] = fisher_auroc(first, normal, anomalous, [n], two_sided=(n,))
     combined = {"shipped": fisher_auroc(first, normal, anomalous, shipped)}
-    for n, replaced in FORMER[kind].items():
-        earlier = [n if m == replaced else m for m in shipped]
-        combined[f"{n} for {replaced} (earlier members)"] = fisher_auroc(
-            first, normal, anomalous, earlier
-        )
-    for n in [*FORMER[kind], *TWO_SIDED[kind], *extra[0]]:
+    for label, members in VARIANTS[kind].items():
+        combined[label] = fisher_auroc(first, normal, anomalous, list(members))
+    for n in [*TWO_SIDED[kind], *extra[0]]:
         key = f"+ {n}" + (" (two-sided)" if n in TWO_SIDED[kind] else "")
         combined[key] = fisher_auroc(first, normal, anomalous, [*shipped, n], TWO_SIDED[kind])
     if kind == "vae":
