@@ -14,6 +14,12 @@ score's reference is T on the *second* half. T is a fixed function once the firs
 so its values on the second half are exchangeable with those of new normal images, and the
 combined p-value keeps P(p <= alpha) <= alpha whatever the dependence between the members.
 
+With one member nothing is split. T = -2 log p_1 falls as the member's count #{ref >= s} rises,
+and with both references on the same n images (a reference image's count includes itself), the
+number of reference images whose T is at least T(x) is exactly #{ref >= s(x)}: the combined
+p-value of a new image is the member's own conformal p-value against all n, ties included
+(fitting.with_reference; tests/detectors/test_combination.py).
+
 Fisher was kept after measuring it beside other rules on development splits (one-class MNIST,
 classes 2, 5, 8 and 9 normal, other classes' *training* images as anomalies; a VAE's latent
 density, reconstruction-map distance and reconstruction error as members): mean AUROC 94.4 for

@@ -34,9 +34,12 @@ def with_reference(
     score computed from the graph) and heat-map statistics from `moments` (the maps' per-pixel sum
     and sum of squares over the same images, see calibration.map_moments). Arrays in, a spec out.
 
-    A bundle with a combined score splits the images into two halves
+    A bundle with a combined score of several members splits the images into two halves
     (combination.calibration_halves): every other score's reference comes from the first, the
-    combined score's from its statistic on the second, so that its p-value stays exact."""
+    combined score's from its statistic on the second, so that its p-value stays exact. A
+    combined score of one member needs no split: its statistic is a decreasing function of the
+    member's p-value, and with both references on all n images its p-value is the member's own
+    against all n (combination.py), so every reference uses every image."""
     missing = set(spec.graph_scores) - set(scores)
     if missing:
         msg = f"no calibration scores for {sorted(missing)}"
@@ -48,7 +51,7 @@ def with_reference(
     n = sizes.pop()
     alpha = check_alpha(spec.calibration.alpha if alpha is None else alpha)
     combined = [name for name in spec.scores if name not in spec.graph_scores]
-    first, second = calibration_halves(n) if combined else (np.arange(n), None)
+    first, second = calibration_halves(n) if splits_calibration(spec) else (np.arange(n),) * 2
     scores = {name: np.atleast_1d(scores[name]) for name in spec.graph_scores}
     references = {name: _reference(name, scores[name][first], alpha) for name in scores}
     if combined:
@@ -76,6 +79,14 @@ def with_reference(
         scores=_with_references(spec, references).scores,
         heatmap=heatmap,
         calibration=calibration,
+    )
+
+
+def splits_calibration(spec: BundleSpec) -> bool:
+    """Whether calibration splits the images in two halves: only for a combined score of more
+    than one member (with one, the combined p-value is its member's, see with_reference)."""
+    return any(
+        len(s.statistics) > 1 for name, s in spec.scores.items() if name not in spec.graph_scores
     )
 
 
@@ -231,14 +242,15 @@ def recalibrate(
 def reference_warnings(spec: BundleSpec) -> list[str]:
     """What a user must know about the default score's reference: if it is too small for the
     bundle's alpha, the smallest p-value it can give, 1 / (n + 1), is above alpha and the score
-    never flags anything. A combined score's reference is only half the calibration images."""
+    never flags anything. The reference of a combined score of several members is only half the
+    calibration images."""
     alpha = spec.calibration.alpha
     name = spec.default_score
     n = len(spec.scores[name].reference)
     if n == 0 or math.isfinite(conformal_threshold(np.asarray(spec.scores[name].reference), alpha)):
         return []
     per_half = math.ceil(1.0 / alpha - 1.0 - 1e-9)  # the smallest n with alpha (n + 1) >= 1
-    halves = any(other not in spec.graph_scores for other in spec.scores)
+    halves = splits_calibration(spec)
     needed = 2 * per_half if halves else per_half
     return [
         f"the default score {name!r} has a reference of {n} images, so its p-value is never "

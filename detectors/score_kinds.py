@@ -131,7 +131,8 @@ class DifferenceScore(OutputScore):
 class CombinedScore(ScoreSpec):
     """The bundle's other scores (`statistics`), each as a conformal p-value against its own
     reference, combined by `rule` (combination.py). Its own reference is the combined statistic
-    on a second held-out half of the normal images, so its p-value is exact too."""
+    on a second held-out half of the normal images, so its p-value is exact too; with one member,
+    both references hold every image (fitting.with_reference)."""
 
     PARSE: ClassVar = {**ScoreSpec.PARSE, "statistics": as_tuple}
 

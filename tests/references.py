@@ -1,7 +1,8 @@
 """What a calibration stores, computed independently for the tests that check it: with a combined
-score, every other score keeps the scores of the first half of the images and the combined score
-the combined statistic of the second half (detectors/combination.py); without one, every score
-keeps all of them."""
+score of several members, every other score keeps the scores of the first half of the images and
+the combined score the combined statistic of the second half (detectors/combination.py); without
+one, every score keeps all of them, and a combined score of one member its statistic on all of
+them, against its member's reference of all of them."""
 
 import numpy as np
 
@@ -14,9 +15,10 @@ def expected_reference(spec, scores: dict[str, np.ndarray], name: str) -> np.nda
     scores are `scores`."""
     n = len(next(iter(scores.values())))
     combined = [s for s in spec.scores.values() if isinstance(s, CombinedScore)]
-    if not combined:
-        return np.sort(scores[name])
-    first, second = calibration_halves(n)
+    if any(len(s.statistics) > 1 for s in combined):
+        first, second = calibration_halves(n)
+    else:
+        first = second = np.arange(n)
     score = spec.scores[name]
     if not isinstance(score, CombinedScore):
         return np.sort(np.asarray(scores[name])[first])

@@ -1,5 +1,6 @@
-"""The combined score on arrays, without training: Fisher's rule, the two calibration halves, and
-the false-positive rate that the second reference guarantees."""
+"""The combined score on arrays, without training: Fisher's rule, the two calibration halves (one
+reference for a single member), and the false-positive rate that the combined reference
+guarantees."""
 
 import math
 
@@ -8,10 +9,10 @@ import pytest
 from scipy.stats import binomtest
 
 from detectors import BundleError
-from detectors.calibration import conformal_p_values
+from detectors.calibration import conformal_p_values, conformal_threshold
 from detectors.combination import calibration_halves, combine, fisher
 from detectors.errors import InputError
-from detectors.fitting import combined_scores, with_reference
+from detectors.fitting import combined_scores, reference_warnings, with_reference
 from detectors.score_kinds import CombinedScore, OutputScore
 from detectors.spec import BundleSpec, Calibration, ImageInput, ModelInfo, Preprocessing
 
@@ -102,20 +103,54 @@ def test_a_bundle_without_a_combined_score_uses_every_image_for_every_reference(
     np.testing.assert_array_equal(fitted.scores["a"].reference, np.sort(scores["a"]))
 
 
+def test_a_combined_score_of_one_member_uses_every_image_and_gives_the_members_p_value():
+    # With one member nothing is split: the combined p-value of a new image equals the member's
+    # conformal p-value against all n images (not half of them), ties included.
+    rng = np.random.default_rng(3)
+    scores = _normal_scores(rng, 301)
+    scores["a"][:40] = np.round(scores["a"][:40])  # ties in the reference
+    spec = with_reference(_spec(members=("a",)), scores)
+    everything = np.sort(scores["a"])
+    np.testing.assert_array_equal(spec.scores["a"].reference, everything)
+    assert len(spec.scores["combined"].reference) == 301
+    fresh = _normal_scores(rng, 200)
+    fresh["a"][:20] = everything[rng.integers(0, 301, 20)]  # new images tied with the reference
+    combined = combined_scores(spec, fresh)["combined"]
+    np.testing.assert_array_equal(
+        conformal_p_values(combined, np.asarray(spec.scores["combined"].reference)),
+        conformal_p_values(fresh["a"], everything),
+    )
+
+
+def test_one_member_flags_at_alpha_where_half_the_images_could_not():
+    # 150 images: a half (75) cannot reach p <= 0.01, all of them (150 >= 99) can.
+    rng = np.random.default_rng(4)
+    scores = _normal_scores(rng, 150)
+    one = with_reference(_spec(members=("a",), alpha=0.01), scores)
+    three = with_reference(_spec(alpha=0.01), scores)
+    assert math.isfinite(conformal_threshold(np.asarray(one.scores["combined"].reference), 0.01))
+    assert math.isinf(conformal_threshold(np.asarray(three.scores["combined"].reference), 0.01))
+    assert reference_warnings(one) == []
+    [warning] = reference_warnings(three)
+    assert "at least 198" in warning
+
+
+@pytest.mark.parametrize("members", [MEMBERS, ("b",)])
 @pytest.mark.parametrize("alpha", [0.001, 0.01, 0.05])
-def test_the_false_positive_rate_holds_at_alpha(alpha):
+def test_the_false_positive_rate_holds_at_alpha(alpha, members):
     """Many calibrations on simulated normal scores, each tested on fresh normal images: the
     measured rate of p <= alpha is inside the binomial 95% interval around its exact conformal
-    value floor(alpha (m + 1)) / (m + 1), m the second half's size, which is at most alpha."""
+    value floor(alpha (m + 1)) / (m + 1), m the combined reference's size (the second half, or
+    every image for one member), which is at most alpha."""
     rng = np.random.default_rng(int(alpha * 1e4))
     n_calibration, trials, per_trial = 2 * math.ceil(1 / alpha), 400, 25
     flagged = 0
     for _ in range(trials):
-        spec = with_reference(_spec(alpha=alpha), _normal_scores(rng, n_calibration))
+        spec = with_reference(_spec(members, alpha=alpha), _normal_scores(rng, n_calibration))
         reference = np.asarray(spec.scores["combined"].reference)
         raw = combined_scores(spec, _normal_scores(rng, per_trial))["combined"]
         flagged += int(np.sum(conformal_p_values(raw, reference) <= alpha))
-    m = n_calibration // 2
+    m = n_calibration // 2 if len(members) > 1 else n_calibration  # the combined reference
     exact = math.floor(alpha * (m + 1) + 1e-9) / (m + 1)
     assert exact <= alpha
     interval = binomtest(flagged, trials * per_trial, exact).proportion_ci(0.95)

@@ -148,9 +148,14 @@ def test_calibrating_on_the_training_data_warns(bundle_copy, capsys):
     assert "training data" in err
 
 
-def test_a_reference_too_small_for_alpha_warns(bundle_copy, capsys):
-    """A combined default's reference is half the images: at alpha 0.001 a few hundred images
-    can never give p <= alpha, and the user is told so rather than getting a silent detector."""
+@pytest.mark.parametrize(("kind", "needed"), [("pixelcnn", 999), ("vae", 1998)])
+def test_a_reference_too_small_for_alpha_warns(kind, needed, request, tmp_path, capsys):
+    """At alpha 0.001 a few hundred images can never give p <= alpha, and the user is told so
+    rather than getting a silent detector. The VAE's combined default (five members) is
+    referenced on half the images, so it needs twice as many; the PixelCNN's (one member) on all
+    of them."""
+    bundle_copy = tmp_path / "model.onnx"
+    shutil.copy(request.getfixturevalue(f"{kind}_bundle"), bundle_copy)
     code, out, err = _calibrate(
         capsys, bundle_copy, "--data", "digits:test", "--normal-classes", NORMAL, "--alpha", "0.001"
     )
@@ -162,7 +167,8 @@ def test_a_reference_too_small_for_alpha_warns(bundle_copy, capsys):
     assert summary["thresholds"][spec.default_score] == float("inf")
     [warning] = summary["warnings"]
     assert f"reference of {n} images" in warning
-    assert "at least 1998 held-out normal images" in warning
+    assert f"at least {needed} held-out normal images" in warning
+    assert ("half of them" in warning) == (kind == "vae")
     assert f"calibrate: warning: {warning}" in err
     code, out, err = _calibrate(
         capsys, bundle_copy, "--data", "digits:test", "--normal-classes", NORMAL, "--alpha", "0.05"

@@ -52,11 +52,13 @@ def test_train_writes_a_bundle_and_its_checkpoint(trained):
     # --max-minutes bounds the training loop; the rest of the run is timed apart.
     parts = ("train_seconds", "validation_seconds", "calibration_seconds")
     assert sum(summary[k] for k in parts) <= summary["total_seconds"] + 0.15  # rounded to 0.1 s
-    # Digits 0-2 leave about 35 calibration images per half: at the default alpha 0.01 the
-    # combined default can never flag, and the summary says so (stderr repeats it).
+    # Digits 0-2 leave about 70 calibration images: at the default alpha 0.01 the combined
+    # default (one member, so referenced on all of them) can never flag, and the summary says so
+    # (stderr repeats it).
     [warning] = summary["warnings"]
     assert "flags nothing at alpha 0.01" in warning
-    assert "at least 198 held-out normal images" in warning
+    assert "at least 99 held-out normal images" in warning
+    assert "half" not in warning
 
 
 def test_info_prints_the_metadata_as_json(trained, capsys):
@@ -68,10 +70,11 @@ def test_info_prints_the_metadata_as_json(trained, capsys):
     assert meta["training"]["normal_classes"] == [0, 1, 2]
     assert meta["training"]["data_fingerprint"]
     assert meta["training"]["package_version"]
-    # The calibration images are split in two halves: one for nll's reference, one for the
-    # combined score's.
+    # The PixelCNN's combined score has one member, so no score's reference is half the
+    # calibration images: each holds all of them.
     sizes = {name: score["reference_size"] for name, score in meta["scores"].items()}
-    assert sizes["nll"] + sizes["combined"] == meta["calibration"]["n_reference"] > 0
+    assert set(sizes.values()) == {meta["calibration"]["n_reference"]}
+    assert meta["calibration"]["n_reference"] > 0
 
 
 def test_evaluate_with_labelled_data(trained, capsys):
