@@ -8,8 +8,9 @@ class's training images. Densities fit on the training images the product fits i
 and are combined with Fisher's rule, as in the product. AUROC on the class's *validation* images
 (normal, held out from training) against other classes' *training* images (anomalies).
 
-VAE candidates (the shipped members: latent_nll, recon_map_distance, recon_mse, iwae_minus_png
-and encoder_distance, which joined in 2026-12; VARIANTS are measured beside them):
+VAE candidates (the shipped members: latent_nll, recon_map_distance, iwae_minus_png,
+encoder_distance, encoder_coarse_distance and encoder_mixture_nll; the last two took recon_mse's
+place in 2026-12; VARIANTS are measured beside them):
   latent_knn         mean squared distance of the posterior mean to its LATENT_NEIGHBOURS nearest
                      training codes: a non-parametric density of the aggregate posterior, beside
                      latent_nll's Gaussian mixture
@@ -153,21 +154,23 @@ def candidates(kind: str, train: dict, parts: list[dict]) -> list[dict[str, np.n
 
 
 TWO_SIDED = {"vae": ("kl", "posterior_spread"), "pixelcnn": ()}
-# Other member sets measured beside the shipped one: the VAE's before encoder_distance joined,
-# and with encoder_distance in place of recon_mse.
+# Other member sets measured beside the shipped one: the VAE's before its two feature densities
+# took recon_mse's place, and with the 2x2 Gaussian alone in its place.
 VARIANTS = {
     "vae": {
-        "earlier members (without encoder_distance)": (
+        "earlier members (recon_mse for the two feature densities)": (
             "latent_nll",
             "recon_map_distance",
             "recon_mse",
             "iwae_minus_png",
+            "encoder_distance",
         ),
-        "encoder_distance for recon_mse": (
+        "encoder_coarse_distance for recon_mse": (
             "latent_nll",
             "recon_map_distance",
             "iwae_minus_png",
             "encoder_distance",
+            "encoder_coarse_distance",
         ),
     },
     "pixelcnn": {},
@@ -209,7 +212,8 @@ def measure(kind: str, dataset: str, cls: int, epochs: int, datasets: str) -> di
     first_idx, _ = calibration_halves(len(splits.calibration))
     first = {name: values[first_idx] for name, values in cal.items()}
     shipped = list(COMBINED_MEMBERS[kind][0])
-    names = [*shipped, *TWO_SIDED[kind], *extra[0]]
+    variant_members = [m for ms in VARIANTS[kind].values() for m in ms if m not in shipped]
+    names = [*shipped, *dict.fromkeys(variant_members), *TWO_SIDED[kind], *extra[0]]
     alone = {n: auroc(normal[n], anomalous[n]) for n in names}
     for n in TWO_SIDED[kind]:
         alone[f"{n} (two-sided)"] = fisher_auroc(first, normal, anomalous, [n], two_sided=(n,))

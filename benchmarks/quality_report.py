@@ -131,7 +131,7 @@ def _goals(records: list[dict], means: dict) -> list[str]:
         met = "yes" if measured >= goal and above else "no"
         n = sum(r["protocol"] == "oneclass" and r["dataset"] == dataset for r in records)
         if n < 10:  # the goal is set on all ten classes: a partial mean only indicates
-            met = f"{met} on {n} of 10 classes"
+            met = f"{met} (the goal is on 10 classes; {n} measured)"
         lines.append(
             f"| {dataset} one-class mean of {n}, {KINDS[kind]} >= {goal} and above peers | "
             f"{measured:.1f} | {100 * m['pyod_knn']:.1f} / {100 * m['pyod_iforest']:.1f} | {met} |"

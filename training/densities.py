@@ -2,7 +2,8 @@
 the normal training images, which the exported graph then computes (models/density.py).
 
     VAE        LatentMixture over the posterior means; RegionDensity over the reconstruction maps;
-               FeatureDensity over the encoder's last feature maps
+               FeatureDensity, CoarseFeatureDensity and FeatureMixture over the encoder's last
+               feature maps
     PixelCNN   RegionDensity over the full and the local model's NLL maps, side by side
 
 Fitted on the training split (never the calibration images, whose scores must stay exchangeable
@@ -21,7 +22,13 @@ from detectors.runtime import vae_noise
 from detectors.spec import NoiseSpec
 
 from .models import PixelCNN
-from .models.density import FeatureDensity, LatentMixture, RegionDensity
+from .models.density import (
+    CoarseFeatureDensity,
+    FeatureDensity,
+    FeatureMixture,
+    LatentMixture,
+    RegionDensity,
+)
 
 FIT_IMAGES = 4000
 BATCH = 256
@@ -35,6 +42,8 @@ class Statistics:
     latent: LatentMixture | None = None  # VAE only
     region: RegionDensity | None = None
     encoder: FeatureDensity | None = None  # VAE only
+    encoder_coarse: CoarseFeatureDensity | None = None  # VAE only
+    encoder_mixture: FeatureMixture | None = None  # VAE only
 
 
 def local_config(config: dict) -> dict:
@@ -89,4 +98,6 @@ def fit_statistics(
         latent=LatentMixture.fit(values["mu"].double().numpy()),
         region=RegionDensity.fit(values["recon"]),
         encoder=FeatureDensity.fit(values["features"]),
+        encoder_coarse=CoarseFeatureDensity.fit(values["features"]),
+        encoder_mixture=FeatureMixture.fit(values["features"]),
     )

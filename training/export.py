@@ -30,7 +30,13 @@ from detectors.spec import (
 
 from .densities import Statistics
 from .models import VAE, PixelCNN
-from .models.density import FeatureDensity, LatentMixture, RegionDensity
+from .models.density import (
+    CoarseFeatureDensity,
+    FeatureDensity,
+    FeatureMixture,
+    LatentMixture,
+    RegionDensity,
+)
 from .scores import default_score, score_specs
 
 OPSET = 18
@@ -78,8 +84,10 @@ class VAEGraph(nn.Module):
     """(images, noise) -> neg_elbo_bits_per_dim, iwae_bits_per_dim, recon_bits_map, recon_mse,
     kl_bits_per_dim and posterior_log_std (the posterior's mean log standard deviation, nats);
     with the fitted densities (models/density.py), latent_nll_nats (the posterior mean under the
-    latent mixture), recon_map_distance (the reconstruction map under the region density) and
-    encoder_distance (the encoder's features under the feature density)."""
+    latent mixture), recon_map_distance (the reconstruction map under the region density),
+    encoder_distance and encoder_coarse_distance (the encoder's features under the feature
+    densities over 3x3 and 2x2 regions) and encoder_mixture_nll_nats (under the feature
+    mixture)."""
 
     def __init__(
         self,
@@ -88,19 +96,25 @@ class VAEGraph(nn.Module):
         latent: LatentMixture | None = None,
         region: RegionDensity | None = None,
         encoder: FeatureDensity | None = None,
+        encoder_coarse: CoarseFeatureDensity | None = None,
+        encoder_mixture: FeatureMixture | None = None,
     ):
         super().__init__()
         self.model = model
         self.latent = latent
         self.region = region
         self.encoder = encoder
+        self.encoder_coarse = encoder_coarse
+        self.encoder_mixture = encoder_mixture
 
     def output_names(self) -> list[str]:
         names = ["neg_elbo_bits_per_dim", "iwae_bits_per_dim", "recon_bits_map", "recon_mse"]
         names += ["kl_bits_per_dim", "posterior_log_std"]
         names += ["latent_nll_nats"] if self.latent is not None else []
         names += ["recon_map_distance"] if self.region is not None else []
-        return names + (["encoder_distance"] if self.encoder is not None else [])
+        names += ["encoder_distance"] if self.encoder is not None else []
+        names += ["encoder_coarse_distance"] if self.encoder_coarse is not None else []
+        return names + (["encoder_mixture_nll_nats"] if self.encoder_mixture is not None else [])
 
     def forward(self, images, noise, labels=None):
         features = self.model.encoder_features(images, labels)
@@ -112,6 +126,10 @@ class VAEGraph(nn.Module):
             outputs += (self.region(bounds[2]),)
         if self.encoder is not None:
             outputs += (self.encoder(features),)
+        if self.encoder_coarse is not None:
+            outputs += (self.encoder_coarse(features),)
+        if self.encoder_mixture is not None:
+            outputs += (self.encoder_mixture(features),)
         return outputs
 
 
@@ -179,7 +197,14 @@ def scoring_graph(
     st = statistics or Statistics()
     if kind == "pixelcnn":
         return PixelCNNGraph(model, local=st.local, region=st.region)
-    return VAEGraph(model, latent=st.latent, region=st.region, encoder=st.encoder)
+    return VAEGraph(
+        model,
+        latent=st.latent,
+        region=st.region,
+        encoder=st.encoder,
+        encoder_coarse=st.encoder_coarse,
+        encoder_mixture=st.encoder_mixture,
+    )
 
 
 def base_spec(

@@ -17,7 +17,15 @@ from detectors.spec import BundleSpec
 
 # Metadata of bundles that the code before the typed records trained and calibrated (a PixelCNN
 # with a background model, calibrated with labelled anomalies; a VAE; a conditional VAE).
-NEW_VAE_SCORES = ("encoder_distance", "kl", "latent_nll", "posterior_spread", "recon_map_distance")
+NEW_VAE_SCORES = (
+    "encoder_coarse_distance",
+    "encoder_distance",
+    "encoder_mixture_nll",
+    "kl",
+    "latent_nll",
+    "posterior_spread",
+    "recon_map_distance",
+)
 SCORE_KEYS = ("kind", "output", "reference", "description", "units", "direction")
 MAIN = json.loads((Path(__file__).parent / "data" / "main_metadata.json").read_text())
 

@@ -5,8 +5,18 @@ import numpy as np
 import pytest
 import torch
 from sklearn.covariance import LedoitWolf
+from sklearn.decomposition import PCA
+from sklearn.mixture import GaussianMixture
 
-from training.models.density import FeatureDensity, RegionDensity, pooling_matrix
+from training.models.density import (
+    FEATURE_COMPONENTS,
+    FEATURE_MIXTURE_COMPONENTS,
+    CoarseFeatureDensity,
+    FeatureDensity,
+    FeatureMixture,
+    RegionDensity,
+    pooling_matrix,
+)
 
 
 def _maps(n: int, channels: int, size: int, seed: int) -> torch.Tensor:
@@ -59,3 +69,60 @@ def test_region_density_is_the_mahalanobis_distance_of_pooled_log_maps(maps):
     with torch.no_grad():
         got = density(*test).double().numpy()
     np.testing.assert_allclose(got, reference.mahalanobis(features(test)), rtol=1e-3)
+
+
+def test_coarse_feature_density_pools_each_channel_into_2x2_regions():
+    train, test = _maps(300, 4, 7, 0), _maps(20, 4, 7, 1)
+    density = CoarseFeatureDensity.fit(train)
+    expected_train = torch.nn.functional.adaptive_avg_pool2d(train, 2).flatten(1).double()
+    expected_test = torch.nn.functional.adaptive_avg_pool2d(test, 2).flatten(1).double()
+    reference = LedoitWolf().fit(expected_train.numpy())
+    with torch.no_grad():
+        got = density(test).double().numpy()
+    np.testing.assert_allclose(got, reference.mahalanobis(expected_test.numpy()), rtol=1e-3)
+    assert density.mean.shape == (4 * 4,)
+
+
+def _clustered_maps(n: int, seed: int) -> torch.Tensor:
+    """(n, 8, 7, 7) maps whose 3x3 region means form two clusters."""
+    rng = np.random.default_rng(seed)
+    maps = rng.normal(0.0, 0.3, (n, 8, 7, 7))
+    maps[: n // 2, :4] += 3.0
+    return torch.from_numpy(maps.astype(np.float32))
+
+
+def test_feature_mixture_is_a_bic_chosen_mixture_of_the_principal_components():
+    train, test = _clustered_maps(400, 0), _clustered_maps(40, 1)
+    mixture = FeatureMixture.fit(train)
+    features = torch.nn.functional.adaptive_avg_pool2d(train, 3).flatten(1).double().numpy()
+    k = min(FEATURE_COMPONENTS, features.shape[1])
+    pca = PCA(k).fit(features)
+    codes = pca.transform(features)
+    bic = {
+        c: GaussianMixture(c, covariance_type="full", reg_covar=1e-4, random_state=0).fit(codes)
+        for c in FEATURE_MIXTURE_COMPONENTS
+    }
+    best = min(bic.values(), key=lambda g: g.bic(codes))
+    assert mixture.mixture.components == best.n_components
+    assert best.n_components > 1  # two clusters: one Gaussian is not the BIC's choice
+    expected = -best.score_samples(
+        pca.transform(torch.nn.functional.adaptive_avg_pool2d(test, 3).flatten(1).double())
+    )
+    with torch.no_grad():
+        got = mixture(test).double().numpy()
+    # The same density whatever the principal axes' signs: up to float32 in the graph.
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-2)
+
+
+def test_feature_mixture_ranks_features_off_both_clusters_as_unusual():
+    train = _clustered_maps(400, 0)
+    mixture = FeatureMixture.fit(train)
+    between = train[:50].clone()
+    between[:, :4] -= 1.5  # halfway between the two clusters, where neither has mass
+    with torch.no_grad():
+        assert mixture(between).min() > mixture(train[:50]).max()
+
+
+def test_feature_mixture_keeps_fewer_components_than_images():
+    mixture = FeatureMixture.fit(_clustered_maps(10, 0))
+    assert mixture.basis.shape == (8 * 9, 9)

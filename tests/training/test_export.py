@@ -124,11 +124,19 @@ def test_the_statistics_in_the_graph_match_torch(kind):
         "latent_nll_nats",
         "recon_map_distance",
         "encoder_distance",
+        "encoder_coarse_distance",
+        "encoder_mixture_nll_nats",
     }
     assert new & set(names) == (
         {"local_nll_bits_per_dim", "nll_map_distance"}
         if kind == "pixelcnn"
-        else {"latent_nll_nats", "recon_map_distance", "encoder_distance"}
+        else {
+            "latent_nll_nats",
+            "recon_map_distance",
+            "encoder_distance",
+            "encoder_coarse_distance",
+            "encoder_mixture_nll_nats",
+        }
     )
     got = dict(zip(names, session.run(names, feeds), strict=True))
     with torch.no_grad():

@@ -13,7 +13,12 @@
 - `FeatureDensity`: a Gaussian over the VAE encoder's last feature maps, each channel pooled into
   FEATURE_GRID x FEATURE_GRID regions: how typical the image looks to the encoder before it is
   squeezed into the latent code. Alone it was the strongest VAE statistic on the development
-  splits (benchmarks/results/candidate_statistics.md).
+  splits (benchmarks/results/candidate_statistics.md). `CoarseFeatureDensity` is the same
+  Gaussian over 2x2 regions: fewer features (4 per channel, not 9) for the same images.
+- `FeatureMixture`: the same 3x3 features projected on their first FEATURE_COMPONENTS principal
+  components, under a full-covariance Gaussian mixture whose size BIC chooses: where one Gaussian
+  sees one blob, the mixture sees the several ways a class is written (a 7 with or without its
+  bar). benchmarks/results/candidate_statistics_mixture.md has both on development splits.
 
 All are plain buffers and tensor arithmetic, so the exported graph computes them.
 """
@@ -31,6 +36,8 @@ GRID = 7  # regions per side (28x28 -> 4x4-pixel regions); at most the image's o
 FEATURE_GRID = 3
 LOG_FLOOR_BITS = 0.01  # log(map + floor): a pixel the model predicts perfectly is not -inf
 MIXTURE_COMPONENTS = (1, 2, 4, 8, 16)
+FEATURE_COMPONENTS = 32  # principal components of the encoder features under FeatureMixture
+FEATURE_MIXTURE_COMPONENTS = (1, 2, 4, 8)  # the mixture sizes BIC chooses among there
 
 
 class LatentMixture(nn.Module):
@@ -49,14 +56,16 @@ class LatentMixture(nn.Module):
         self.register_buffer("const", torch.tensor(const, dtype=torch.float32))
 
     @classmethod
-    def fit(cls, codes: np.ndarray, *, seed: int = 0) -> LatentMixture:
-        """The mixture with the lowest BIC among MIXTURE_COMPONENTS components (at most one
+    def fit(
+        cls, codes: np.ndarray, *, seed: int = 0, components: tuple[int, ...] = MIXTURE_COMPONENTS
+    ) -> LatentMixture:
+        """The mixture with the lowest BIC among `components` components (at most one
         component per 20 codes), fitted to `codes` (N, d)."""
         from sklearn.mixture import GaussianMixture
 
         codes = np.asarray(codes, dtype=np.float64)
         best = None
-        for k in MIXTURE_COMPONENTS:
+        for k in components:
             if k > 1 and 20 * k > len(codes):
                 break
             gmm = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=seed)
@@ -150,3 +159,49 @@ class FeatureDensity(PooledGaussian):
     def features(self, maps: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) -> (B, C * regions)."""
         return (maps.float().flatten(2) @ self.pooling).flatten(1)
+
+
+class CoarseFeatureDensity(FeatureDensity):
+    """FeatureDensity over 2x2 regions of each channel."""
+
+    grid = 2
+
+
+class FeatureMixture(nn.Module):
+    """A network's feature maps (B, C, h, w) -> negative log-density (B,) in nats of each
+    channel's means over FEATURE_GRID x FEATURE_GRID regions, projected on their principal
+    components, under a Gaussian mixture (LatentMixture) fitted on normal images'."""
+
+    def __init__(self, pooling: np.ndarray, mean: np.ndarray, basis: np.ndarray, mixture):
+        super().__init__()
+        self.register_buffer("pooling", torch.tensor(pooling, dtype=torch.float32))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("basis", torch.tensor(basis, dtype=torch.float32))  # (features, k)
+        self.mixture = mixture
+
+    def project(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, k): the pooled features' principal-component coordinates."""
+        features = (maps.float().flatten(2) @ self.pooling).flatten(1)
+        return (features - self.mean) @ self.basis
+
+    @classmethod
+    def fit(cls, maps: torch.Tensor, *, seed: int = 0) -> FeatureMixture:
+        """Fit on the feature maps (N, C, h, w) of normal images: the principal components of
+        their pooled features (at most FEATURE_COMPONENTS, fewer than N), then the mixture with
+        the lowest BIC among FEATURE_MIXTURE_COMPONENTS components on the coordinates."""
+        pooling = pooling_matrix(maps.shape[2], maps.shape[3], FEATURE_GRID)
+        with torch.no_grad():
+            features = maps.float().flatten(2) @ torch.tensor(pooling, dtype=torch.float32)
+        features = features.flatten(1).double().numpy()
+        mean = features.mean(0)
+        k = min(FEATURE_COMPONENTS, features.shape[1], len(features) - 1)
+        # The right singular vectors, signs fixed so that a refit gives the same basis.
+        _, _, vt = np.linalg.svd(features - mean, full_matrices=False)
+        basis = vt[:k].T * np.sign(vt[:k].T[np.abs(vt[:k].T).argmax(0), range(k)])
+        mixture = LatentMixture.fit(
+            (features - mean) @ basis, seed=seed, components=FEATURE_MIXTURE_COMPONENTS
+        )
+        return cls(pooling, mean, basis, mixture)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return self.mixture(self.project(maps))
