@@ -24,17 +24,22 @@ def _maps(n: int, channels: int, size: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(rng.gamma(2.0, 1.0, (n, channels, size, size)).astype(np.float32))
 
 
-def test_feature_density_is_the_mahalanobis_distance_of_region_means_per_channel():
+@pytest.mark.parametrize(
+    ("density_class", "grid"), [(FeatureDensity, 3), (CoarseFeatureDensity, 2)]
+)
+def test_feature_density_is_the_mahalanobis_distance_of_region_means_per_channel(
+    density_class, grid
+):
     train, test = _maps(300, 4, 7, 0), _maps(20, 4, 7, 1)
-    density = FeatureDensity.fit(train)
-    # Each channel's means over 3x3 regions of the 7x7 map, as adaptive pooling bins them.
-    expected_train = torch.nn.functional.adaptive_avg_pool2d(train, 3).flatten(1).double()
-    expected_test = torch.nn.functional.adaptive_avg_pool2d(test, 3).flatten(1).double()
+    density = density_class.fit(train)
+    # Each channel's means over grid x grid regions of the 7x7 map, as adaptive pooling bins them.
+    expected_train = torch.nn.functional.adaptive_avg_pool2d(train, grid).flatten(1).double()
+    expected_test = torch.nn.functional.adaptive_avg_pool2d(test, grid).flatten(1).double()
     reference = LedoitWolf().fit(expected_train.numpy())
     with torch.no_grad():
         got = density(test).double().numpy()
     np.testing.assert_allclose(got, reference.mahalanobis(expected_test.numpy()), rtol=1e-3)
-    assert density.mean.shape == (4 * 9,)
+    assert density.mean.shape == (4 * grid * grid,)
 
 
 def test_feature_density_ranks_shifted_features_as_unusual():
@@ -69,18 +74,6 @@ def test_region_density_is_the_mahalanobis_distance_of_pooled_log_maps(maps):
     with torch.no_grad():
         got = density(*test).double().numpy()
     np.testing.assert_allclose(got, reference.mahalanobis(features(test)), rtol=1e-3)
-
-
-def test_coarse_feature_density_pools_each_channel_into_2x2_regions():
-    train, test = _maps(300, 4, 7, 0), _maps(20, 4, 7, 1)
-    density = CoarseFeatureDensity.fit(train)
-    expected_train = torch.nn.functional.adaptive_avg_pool2d(train, 2).flatten(1).double()
-    expected_test = torch.nn.functional.adaptive_avg_pool2d(test, 2).flatten(1).double()
-    reference = LedoitWolf().fit(expected_train.numpy())
-    with torch.no_grad():
-        got = density(test).double().numpy()
-    np.testing.assert_allclose(got, reference.mahalanobis(expected_test.numpy()), rtol=1e-3)
-    assert density.mean.shape == (4 * 4,)
 
 
 def _clustered_maps(n: int, seed: int) -> torch.Tensor:

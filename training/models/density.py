@@ -148,6 +148,12 @@ class RegionDensity(PooledGaussian):
         return torch.cat(pooled, dim=1)
 
 
+def channel_regions(maps: torch.Tensor, pooling: torch.Tensor) -> torch.Tensor:
+    """Feature maps (B, C, h, w) -> each channel's region means (B, C * regions), with `pooling`
+    (h * w, regions) from pooling_matrix."""
+    return (maps.float().flatten(2) @ pooling).flatten(1)
+
+
 class FeatureDensity(PooledGaussian):
     """A network's feature maps (B, C, h, w) -> squared Mahalanobis distance (B,) of each
     channel's means over FEATURE_GRID x FEATURE_GRID regions from the normal images'. On the VAE's
@@ -158,7 +164,7 @@ class FeatureDensity(PooledGaussian):
 
     def features(self, maps: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) -> (B, C * regions)."""
-        return (maps.float().flatten(2) @ self.pooling).flatten(1)
+        return channel_regions(maps, self.pooling)
 
 
 class CoarseFeatureDensity(FeatureDensity):
@@ -181,8 +187,7 @@ class FeatureMixture(nn.Module):
 
     def project(self, maps: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) -> (B, k): the pooled features' principal-component coordinates."""
-        features = (maps.float().flatten(2) @ self.pooling).flatten(1)
-        return (features - self.mean) @ self.basis
+        return (channel_regions(maps, self.pooling) - self.mean) @ self.basis
 
     @classmethod
     def fit(cls, maps: torch.Tensor, *, seed: int = 0) -> FeatureMixture:
@@ -191,13 +196,12 @@ class FeatureMixture(nn.Module):
         the lowest BIC among FEATURE_MIXTURE_COMPONENTS components on the coordinates."""
         pooling = pooling_matrix(maps.shape[2], maps.shape[3], FEATURE_GRID)
         with torch.no_grad():
-            features = maps.float().flatten(2) @ torch.tensor(pooling, dtype=torch.float32)
-        features = features.flatten(1).double().numpy()
+            features = channel_regions(maps, torch.tensor(pooling, dtype=torch.float32))
+        features = features.double().numpy()
         mean = features.mean(0)
         k = min(FEATURE_COMPONENTS, features.shape[1], len(features) - 1)
-        # The right singular vectors, signs fixed so that a refit gives the same basis.
-        _, _, vt = np.linalg.svd(features - mean, full_matrices=False)
-        basis = vt[:k].T * np.sign(vt[:k].T[np.abs(vt[:k].T).argmax(0), range(k)])
+        _, _, vt = np.linalg.svd(features - mean, full_matrices=False)  # principal axes: rows
+        basis = vt[:k].T
         mixture = LatentMixture.fit(
             (features - mean) @ basis, seed=seed, components=FEATURE_MIXTURE_COMPONENTS
         )
