@@ -9,14 +9,19 @@ and are combined with Fisher's rule, as in the product. AUROC on the class's *va
 (normal, held out from training) against other classes' *training* images (anomalies).
 
 VAE candidates (the shipped members: latent_nll, recon_map_distance, iwae_minus_png,
-encoder_distance, encoder_coarse_distance and encoder_mixture_nll; the last two took recon_mse's
-place in 2026-12; VARIANTS are measured beside them):
+encoder_neighbour_distance, encoder_coarse_distance and encoder_mixture_nll; the last two took
+recon_mse's place in 2026-12, the first of the three encoder_distance's on 2026-12-03 (it is
+feature_cosine_knn_pca256 below); VARIANTS are measured beside them):
   latent_knn         mean squared distance of the posterior mean to its LATENT_NEIGHBOURS nearest
                      training codes: a non-parametric density of the aggregate posterior, beside
                      latent_nll's Gaussian mixture
   residual_distance  squared Mahalanobis distance (Ledoit-Wolf) of the signed residual
                      x - E[x | mu], pooled into 14x14 regions: where strokes are missing or extra
                      (recon_map_distance sees how large the error is, not its sign)
+  feature_cosine_knn mean squared distance of the encoder's full-resolution feature maps, flattened
+                     and scaled to unit length, to their 5 nearest among the training images'
+                     (2 - 2 cos): FIT_IMAGES of them; _1000: the first 1000; _pca256, _pca128:
+                     the unit features on the bank's first 256 or 128 principal components
   kl, posterior_spread, two-sided
                      p = min(1, 2 min(p_high, p_low)) against the same reference: a normal-only
                      way to use a statistic whose direction is not known in advance (both rank
@@ -58,6 +63,7 @@ from benchmarks.quality import auroc, fit_unit  # noqa: E402
 
 LATENT_NEIGHBOURS = 5
 BATCH = 256
+SCORES_DIR: Path | None = None  # --save-scores
 
 
 def nearest_mean_sq(train: np.ndarray, x: np.ndarray, k: int = LATENT_NEIGHBOURS) -> np.ndarray:
@@ -86,15 +92,47 @@ def vae_features(fitted, images: np.ndarray) -> dict[str, np.ndarray]:
     """Posterior means (N, latent) and signed residuals x - E[x | mu] (N, H, W)."""
     import torch
 
-    model, mus, residuals = fitted.model, [], []
+    model, mus, residuals, maps = fitted.model, [], [], []
     with torch.no_grad():
         for start in range(0, len(images), BATCH):
             x = torch.from_numpy(np.ascontiguousarray(images[start : start + BATCH]))
-            mu, _ = model.encode(x)
+            features = model.encoder_features(x)
+            mu, _ = model.posterior(features)
             mean = model.decoder_mean(model.decode(mu))
             mus.append(mu.double().numpy())
             residuals.append((x.float() / 255.0 - mean).mean(1).double().numpy())
-    return {"mu": np.concatenate(mus), "residual": np.concatenate(residuals)}
+            maps.append(features.flatten(1).numpy())
+    return {
+        "mu": np.concatenate(mus),
+        "residual": np.concatenate(residuals),
+        "features": np.concatenate(maps),
+    }
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def cosine_knn_views(train: np.ndarray, parts: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
+    """Cosine kNN of the encoder's full-resolution feature maps (flattened, each image scaled
+    to unit length) against a bank of training images': the whole bank (FIT_IMAGES), a bank of
+    1000, and the bank projected on its first 256 or 128 principal components (`train`, `parts`:
+    (N, features) each)."""
+    bank = unit_rows(train.astype(np.float64))
+    units = [unit_rows(p.astype(np.float64)) for p in parts]
+    out = {
+        "feature_cosine_knn": [nearest_mean_sq(bank, u) for u in units],
+        "feature_cosine_knn_1000": [nearest_mean_sq(bank[:1000], u) for u in units],
+    }
+    mean = bank.mean(0)
+    _, _, vt = np.linalg.svd(bank - mean, full_matrices=False)
+    for k in (256, 128):
+        basis = vt[:k].T
+        ref = (bank - mean) @ basis
+        out[f"feature_cosine_knn_pca{k}"] = [
+            nearest_mean_sq(ref, (u - mean) @ basis) for u in units
+        ]
+    return out
 
 
 def pixelcnn_features(fitted, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -124,6 +162,10 @@ def candidates(kind: str, train: dict, parts: list[dict]) -> list[dict[str, np.n
         for o, p, d in zip(out, parts, distances, strict=True):
             o["latent_knn"] = nearest_mean_sq(train["mu"], p["mu"])
             o["residual_distance"] = d
+        views = cosine_knn_views(train["features"], [p["features"] for p in parts])
+        for name, values in views.items():
+            for o, v in zip(out, values, strict=True):
+                o[name] = v
         return out
     views = {
         "regions_4": (4, lambda f: (f["full"], f["local"])),
@@ -158,6 +200,14 @@ TWO_SIDED = {"vae": ("kl", "posterior_spread"), "pixelcnn": ()}
 # took recon_mse's place, and with the 2x2 Gaussian alone in its place.
 VARIANTS = {
     "vae": {
+        "encoder_distance for encoder_neighbour_distance (the members before 2026-12-03)": (
+            "latent_nll",
+            "recon_map_distance",
+            "iwae_minus_png",
+            "encoder_distance",
+            "encoder_coarse_distance",
+            "encoder_mixture_nll",
+        ),
         "earlier members (recon_mse for the two feature densities)": (
             "latent_nll",
             "recon_map_distance",
@@ -211,6 +261,16 @@ def measure(kind: str, dataset: str, cls: int, epochs: int, datasets: str) -> di
     cal, normal, anomalous = [{**fitted.raw(s), **e} for s, e in zip(sets, extra, strict=True)]
     first_idx, _ = calibration_halves(len(splits.calibration))
     first = {name: values[first_idx] for name, values in cal.items()}
+    if SCORES_DIR is not None:  # every statistic of the three sets, for member sets tried later
+        SCORES_DIR.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            SCORES_DIR / f"{kind}-{dataset}-{cls}.npz",
+            **{
+                f"{part}/{n}": v
+                for part, d in (("first", first), ("normal", normal), ("anomalous", anomalous))
+                for n, v in d.items()
+            },
+        )
     shipped = list(COMBINED_MEMBERS[kind][0])
     variant_members = [m for ms in VARIANTS[kind].values() for m in ms if m not in shipped]
     names = [*shipped, *dict.fromkeys(variant_members), *TWO_SIDED[kind], *extra[0]]
@@ -227,6 +287,11 @@ def measure(kind: str, dataset: str, cls: int, epochs: int, datasets: str) -> di
         combined["latent_knn for latent_nll"] = fisher_auroc(
             first, normal, anomalous, ["latent_knn", *shipped[1:]]
         )
+        for out in ("iwae_minus_png", "encoder_mixture_nll"):
+            members = [m if m != out else "encoder_neighbour_distance" for m in shipped]
+            combined[f"encoder_neighbour_distance for {out}"] = fisher_auroc(
+                first, normal, anomalous, members
+            )
     return report(
         {"kind": kind, "dataset": dataset, "normal_class": cls, "epochs": epochs},
         {"n_normal": len(normal[shipped[0]]), "n_anomalous": len(anomalous[shipped[0]])},
@@ -277,7 +342,16 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--merge", nargs="+", metavar="JSON", help="instead of running: join earlier runs' results"
     )
+    parser.add_argument(
+        "--save-scores",
+        action="store_true",
+        help="also write each unit's statistics (first calibration half, normal, anomalous) to "
+        "OUT/scores/KIND-DATASET-CLASS.npz",
+    )
     args = parser.parse_args(argv)
+    if args.save_scores:
+        global SCORES_DIR
+        SCORES_DIR = Path(args.out) / "scores"
     if args.merge:
         results = [r for path in args.merge for r in json.loads(Path(path).read_text())]
     else:

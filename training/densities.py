@@ -2,8 +2,8 @@
 the normal training images, which the exported graph then computes (models/density.py).
 
     VAE        LatentMixture over the posterior means; RegionDensity over the reconstruction maps;
-               FeatureDensity, CoarseFeatureDensity and FeatureMixture over the encoder's last
-               feature maps
+               FeatureDensity, CoarseFeatureDensity, FeatureMixture and FeatureNeighbours over
+               the encoder's last feature maps
     PixelCNN   RegionDensity over the full and the local model's NLL maps, side by side
 
 Fitted on the training split (never the calibration images, whose scores must stay exchangeable
@@ -26,6 +26,7 @@ from .models.density import (
     CoarseFeatureDensity,
     FeatureDensity,
     FeatureMixture,
+    FeatureNeighbours,
     LatentMixture,
     RegionDensity,
 )
@@ -44,6 +45,7 @@ class Statistics:
     encoder: FeatureDensity | None = None  # VAE only
     encoder_coarse: CoarseFeatureDensity | None = None  # VAE only
     encoder_mixture: FeatureMixture | None = None  # VAE only
+    encoder_neighbours: FeatureNeighbours | None = None  # VAE only
 
 
 def local_config(config: dict) -> dict:
@@ -100,4 +102,5 @@ def fit_statistics(
         encoder=FeatureDensity.fit(values["features"]),
         encoder_coarse=CoarseFeatureDensity.fit(values["features"]),
         encoder_mixture=FeatureMixture.fit(values["features"]),
+        encoder_neighbours=FeatureNeighbours.fit(values["features"]),
     )

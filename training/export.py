@@ -34,6 +34,7 @@ from .models.density import (
     CoarseFeatureDensity,
     FeatureDensity,
     FeatureMixture,
+    FeatureNeighbours,
     LatentMixture,
     RegionDensity,
 )
@@ -86,8 +87,8 @@ class VAEGraph(nn.Module):
     with the fitted densities (models/density.py), latent_nll_nats (the posterior mean under the
     latent mixture), recon_map_distance (the reconstruction map under the region density),
     encoder_distance and encoder_coarse_distance (the encoder's features under the feature
-    densities over 3x3 and 2x2 regions) and encoder_mixture_nll_nats (under the feature
-    mixture)."""
+    densities over 3x3 and 2x2 regions), encoder_mixture_nll_nats (under the feature
+    mixture) and encoder_neighbour_distance (to the nearest training images' features)."""
 
     def __init__(
         self,
@@ -98,6 +99,7 @@ class VAEGraph(nn.Module):
         encoder: FeatureDensity | None = None,
         encoder_coarse: CoarseFeatureDensity | None = None,
         encoder_mixture: FeatureMixture | None = None,
+        encoder_neighbours: FeatureNeighbours | None = None,
     ):
         super().__init__()
         self.model = model
@@ -106,6 +108,7 @@ class VAEGraph(nn.Module):
         self.encoder = encoder
         self.encoder_coarse = encoder_coarse
         self.encoder_mixture = encoder_mixture
+        self.encoder_neighbours = encoder_neighbours
 
     def output_names(self) -> list[str]:
         names = ["neg_elbo_bits_per_dim", "iwae_bits_per_dim", "recon_bits_map", "recon_mse"]
@@ -114,7 +117,9 @@ class VAEGraph(nn.Module):
         names += ["recon_map_distance"] if self.region is not None else []
         names += ["encoder_distance"] if self.encoder is not None else []
         names += ["encoder_coarse_distance"] if self.encoder_coarse is not None else []
-        return names + (["encoder_mixture_nll_nats"] if self.encoder_mixture is not None else [])
+        names += ["encoder_mixture_nll_nats"] if self.encoder_mixture is not None else []
+        neighbours = self.encoder_neighbours is not None
+        return names + (["encoder_neighbour_distance"] if neighbours else [])
 
     def forward(self, images, noise, labels=None):
         features = self.model.encoder_features(images, labels)
@@ -130,6 +135,8 @@ class VAEGraph(nn.Module):
             outputs += (self.encoder_coarse(features),)
         if self.encoder_mixture is not None:
             outputs += (self.encoder_mixture(features),)
+        if self.encoder_neighbours is not None:
+            outputs += (self.encoder_neighbours(features),)
         return outputs
 
 
@@ -204,6 +211,7 @@ def scoring_graph(
         encoder=st.encoder,
         encoder_coarse=st.encoder_coarse,
         encoder_mixture=st.encoder_mixture,
+        encoder_neighbours=st.encoder_neighbours,
     )
 
 

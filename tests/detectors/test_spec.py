@@ -21,6 +21,7 @@ NEW_VAE_SCORES = (
     "encoder_coarse_distance",
     "encoder_distance",
     "encoder_mixture_nll",
+    "encoder_neighbour_distance",
     "kl",
     "latent_nll",
     "posterior_spread",

@@ -14,6 +14,7 @@ from training.models.density import (
     CoarseFeatureDensity,
     FeatureDensity,
     FeatureMixture,
+    FeatureNeighbours,
     RegionDensity,
     pooling_matrix,
 )
@@ -119,3 +120,59 @@ def test_feature_mixture_ranks_features_off_both_clusters_as_unusual():
 def test_feature_mixture_keeps_fewer_components_than_images():
     mixture = FeatureMixture.fit(_clustered_maps(10, 0))
     assert mixture.basis.shape == (8 * 9, 9)
+
+
+def _pattern_maps(n: int, seed: int, channels: int = 4, noise: float = 0.2) -> torch.Tensor:
+    """(n, channels, 7, 7) maps, each one of two fixed random patterns (half and half)
+    times a random brightness, plus noise: two clusters of directions."""
+    patterns = np.random.default_rng(100).normal(0.0, 1.0, (2, channels, 7, 7))
+    rng = np.random.default_rng(seed)
+    which = np.arange(n) % 2
+    maps = patterns[which] * rng.uniform(1.0, 2.0, (n, 1, 1, 1))
+    maps += rng.normal(0.0, noise, maps.shape)
+    return torch.from_numpy(maps.astype(np.float32))
+
+
+@pytest.mark.parametrize("components", [4 * 49, 16])
+def test_feature_neighbours_is_the_cosine_distance_to_the_nearest_training_images(components):
+    """With every principal component kept, exactly scikit-learn's cosine neighbours (whose
+    distance is 1 - cos; ours, between unit vectors, 2 - 2 cos); with fewer, scikit-learn's
+    Euclidean neighbours of the unit vectors' principal-component coordinates, which a
+    projection can only bring closer."""
+    from sklearn.neighbors import NearestNeighbors
+
+    train, test = _pattern_maps(300, 0), _pattern_maps(30, 1)
+    neighbours = FeatureNeighbours.fit(train, neighbours=5, components=components)
+    assert neighbours.basis.shape == (4 * 49, components)
+    flat_train, flat_test = (m.flatten(1).double().numpy() for m in (train, test))
+    knn = NearestNeighbors(n_neighbors=5, metric="cosine").fit(flat_train)
+    cosine = 2.0 * knn.kneighbors(flat_test)[0].mean(1)
+    unit_train, unit_test = (
+        f / np.linalg.norm(f, axis=1, keepdims=True) for f in (flat_train, flat_test)
+    )
+    pca = PCA(components).fit(unit_train)
+    knn = NearestNeighbors(n_neighbors=5).fit(pca.transform(unit_train))
+    projected = (knn.kneighbors(pca.transform(unit_test))[0] ** 2).mean(1)
+    with torch.no_grad():
+        got = neighbours(test).double().numpy()
+    np.testing.assert_allclose(got, projected, rtol=1e-4, atol=1e-5)
+    if components == 4 * 49:
+        np.testing.assert_allclose(got, cosine, rtol=1e-4, atol=1e-5)
+    else:
+        assert np.all(got <= cosine + 1e-5)
+        assert np.any(got < cosine - 1e-3)
+
+
+def test_feature_neighbours_ranks_features_off_both_clusters_as_unusual():
+    train = _pattern_maps(400, 0)
+    neighbours = FeatureNeighbours.fit(train)
+    between = _pattern_maps(50, 2)
+    between = 0.5 * (between + between.roll(1, 0))  # half one pattern, half the other
+    with torch.no_grad():
+        assert neighbours(between).min() > neighbours(_pattern_maps(50, 3)).max()
+
+
+def test_feature_neighbours_keeps_at_most_its_bank():
+    neighbours = FeatureNeighbours.fit(_pattern_maps(4, 0), neighbours=5)
+    assert neighbours.neighbours == 4
+    assert neighbours.bank.shape == (4, 3)

@@ -126,6 +126,7 @@ def test_the_statistics_in_the_graph_match_torch(kind):
         "encoder_distance",
         "encoder_coarse_distance",
         "encoder_mixture_nll_nats",
+        "encoder_neighbour_distance",
     }
     assert new & set(names) == (
         {"local_nll_bits_per_dim", "nll_map_distance"}
@@ -136,6 +137,7 @@ def test_the_statistics_in_the_graph_match_torch(kind):
             "encoder_distance",
             "encoder_coarse_distance",
             "encoder_mixture_nll_nats",
+            "encoder_neighbour_distance",
         }
     )
     got = dict(zip(names, session.run(names, feeds), strict=True))

@@ -19,6 +19,9 @@
   components, under a full-covariance Gaussian mixture whose size BIC chooses: where one Gaussian
   sees one blob, the mixture sees the several ways a class is written (a 7 with or without its
   bar). benchmarks/results/candidate_statistics_mixture.md has both on development splits.
+- `FeatureNeighbours`: the cosine distance of the encoder's full-resolution feature maps to their
+  nearest among the normal training images' (a k-nearest-neighbour density, as PyOD's KNN is on
+  pixels, in the encoder's features instead).
 
 All are plain buffers and tensor arithmetic, so the exported graph computes them.
 """
@@ -38,6 +41,8 @@ LOG_FLOOR_BITS = 0.01  # log(map + floor): a pixel the model predicts perfectly 
 MIXTURE_COMPONENTS = (1, 2, 4, 8, 16)
 FEATURE_COMPONENTS = 32  # principal components of the encoder features under FeatureMixture
 FEATURE_MIXTURE_COMPONENTS = (1, 2, 4, 8)  # the mixture sizes BIC chooses among there
+NEIGHBOURS = 5  # nearest training images whose distances FeatureNeighbours averages
+NEIGHBOUR_COMPONENTS = 256  # principal components FeatureNeighbours keeps of the unit features
 
 
 class LatentMixture(nn.Module):
@@ -209,3 +214,57 @@ class FeatureMixture(nn.Module):
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         return self.mixture(self.project(maps))
+
+
+class FeatureNeighbours(nn.Module):
+    """A network's feature maps (B, C, h, w) -> mean squared distance (B,) from the image's
+    features, flattened at full resolution and scaled to unit length, to their NEIGHBOURS nearest
+    among the normal training images' (a cosine k-nearest-neighbour distance, 2 - 2 cos, in
+    [0, 4]). The Gaussians above pool each channel into regions and see one ellipsoid; the
+    neighbours keep where in the image a feature fires and see every way a class is written. The
+    bank is stored on its first NEIGHBOUR_COMPONENTS principal components (`basis`), which keeps
+    the graph small and the distances nearly unchanged."""
+
+    def __init__(self, bank: np.ndarray, mean: np.ndarray, basis: np.ndarray, neighbours: int):
+        super().__init__()
+        assert bank.shape[1] == basis.shape[1]
+        assert mean.shape == (basis.shape[0],)
+        self.neighbours = int(min(neighbours, len(bank)))
+        self.register_buffer("bank", torch.tensor(bank, dtype=torch.float32))  # (N, k)
+        self.register_buffer("bank_sq", torch.tensor((bank**2).sum(1), dtype=torch.float32))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))  # (features,)
+        self.register_buffer("basis", torch.tensor(basis, dtype=torch.float32))  # (features, k)
+
+    @staticmethod
+    def unit(maps: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, C * h * w), each row scaled to unit length."""
+        flat = maps.float().flatten(1)
+        return flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def project(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, k): the unit features' principal-component coordinates."""
+        return (self.unit(maps) - self.mean) @ self.basis
+
+    @classmethod
+    def fit(
+        cls,
+        maps: torch.Tensor,
+        *,
+        neighbours: int = NEIGHBOURS,
+        components: int = NEIGHBOUR_COMPONENTS,
+    ) -> FeatureNeighbours:
+        """The bank of the feature maps (N, C, h, w) of normal images, on their first
+        `components` principal components (fewer than N and the features)."""
+        with torch.no_grad():
+            unit = cls.unit(maps).double().numpy()
+        mean = unit.mean(0)
+        k = min(components, unit.shape[1], len(unit) - 1)
+        _, _, vt = np.linalg.svd(unit - mean, full_matrices=False)
+        basis = vt[:k].T
+        return cls((unit - mean) @ basis, mean, basis, neighbours)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        z = self.project(maps)  # (B, k)
+        d2 = (z * z).sum(1, keepdim=True) + self.bank_sq[None] - 2.0 * z @ self.bank.T
+        nearest = torch.topk(d2.clamp_min(0.0), self.neighbours, dim=1, largest=False).values
+        return nearest.mean(1)
