@@ -43,7 +43,7 @@ def demo(out: str | Path = "runs/demo", *, quick: bool = False, progress: bool =
         "",
     ]
     header = (
-        f"{'model':9} {'score':25} {'test bits/dim':>13} {'AUROC':>6} {'FPR@alpha':>9} "
+        f"{'model':9} {'score':27} {'test bits/dim':>13} {'AUROC':>6} {'FPR@alpha':>9} "
         f"{'alpha':>5} {'train s':>7}"
     )
     lines += [header, "-" * len(header)]
@@ -68,7 +68,7 @@ def demo(out: str | Path = "runs/demo", *, quick: bool = False, progress: bool =
         for row in report["rows"]:
             mark = " *" if row["default"] else ""
             lines.append(
-                f"{kind:9} {row['score'] + mark:25} {report['normal_bits_per_dim']:13.3f} "
+                f"{kind:9} {row['score'] + mark:27} {report['normal_bits_per_dim']:13.3f} "
                 f"{row['auroc']:6.3f} {row['fpr_at_alpha']:9.3f} {report['alpha']:5.2f} "
                 f"{seconds:7.0f}"
             )
