@@ -9,9 +9,10 @@ and are combined with Fisher's rule, as in the product. AUROC on the class's *va
 (normal, held out from training) against other classes' *training* images (anomalies).
 
 VAE candidates (the shipped members: latent_nll, recon_map_distance, iwae_minus_png,
-encoder_neighbour_distance, encoder_coarse_distance and encoder_mixture_nll; the last two took
-recon_mse's place in 2026-12, the first of the three encoder_distance's on 2026-12-03 (it is
-feature_cosine_knn_pca256 below); VARIANTS are measured beside them):
+encoder_outlier_factor, encoder_coarse_distance and encoder_mixture_nll; the last two took
+recon_mse's place in 2026-12; encoder_neighbour_distance took encoder_distance's place on
+2026-12-03 (it is feature_cosine_knn_pca256 below) and encoder_outlier_factor its own later that
+day (feature_cosine_lof_k5); VARIANTS are measured beside them):
   latent_knn         mean squared distance of the posterior mean to its LATENT_NEIGHBOURS nearest
                      training codes: a non-parametric density of the aggregate posterior, beside
                      latent_nll's Gaussian mixture
@@ -21,7 +22,13 @@ feature_cosine_knn_pca256 below); VARIANTS are measured beside them):
   feature_cosine_knn mean squared distance of the encoder's full-resolution feature maps, flattened
                      and scaled to unit length, to their 5 nearest among the training images'
                      (2 - 2 cos): FIT_IMAGES of them; _1000: the first 1000; _pca256, _pca128:
-                     the unit features on the bank's first 256 or 128 principal components
+                     the unit features on the bank's first 256 or 128 principal components;
+                     _pca256_k1, _k2, _k10: 1, 2 or 10 neighbours; _pca256_all: every training
+                     image in the bank, not FIT_IMAGES of them
+  feature_cosine_lof_k5, _k20
+                     scikit-learn's local outlier factor (5 or 20 neighbours) of the unit
+                     features' 256 principal-component coordinates among the training images'
+  pixel_lof          the same factor (20 neighbours) on the pixels, as the peer sklearn_lof
   kl, posterior_spread, two-sided
                      p = min(1, 2 min(p_high, p_low)) against the same reference: a normal-only
                      way to use a statistic whose direction is not known in advance (both rank
@@ -68,8 +75,14 @@ SCORES_DIR: Path | None = None  # --save-scores
 
 def nearest_mean_sq(train: np.ndarray, x: np.ndarray, k: int = LATENT_NEIGHBOURS) -> np.ndarray:
     """Mean squared Euclidean distance of each row of x to its k nearest rows of train, (B,)."""
+    return nearest_mean_sqs(train, x, (k,))[k]
+
+
+def nearest_mean_sqs(train: np.ndarray, x: np.ndarray, ks) -> dict[int, np.ndarray]:
+    """nearest_mean_sq for each k of ks, from one distance matrix, {k: (B,)}."""
     d2 = (x**2).sum(1)[:, None] + (train**2).sum(1)[None] - 2.0 * x @ train.T
-    return np.sort(np.maximum(d2, 0.0), axis=1)[:, :k].mean(1)
+    nearest = np.sort(np.maximum(d2, 0.0), axis=1)[:, : max(ks)]
+    return {k: nearest[:, :k].mean(1) for k in ks}
 
 
 def pooled(maps: np.ndarray, grid: int) -> np.ndarray:
@@ -89,10 +102,11 @@ def gaussian_distance(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray
 
 
 def vae_features(fitted, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Posterior means (N, latent) and signed residuals x - E[x | mu] (N, H, W)."""
+    """Posterior means (N, latent), signed residuals x - E[x | mu] (N, H, W), the encoder's
+    feature maps and the pixels in [0, 1] (N, features) each."""
     import torch
 
-    model, mus, residuals, maps = fitted.model, [], [], []
+    model, mus, residuals, maps, pixels = fitted.model, [], [], [], []
     with torch.no_grad():
         for start in range(0, len(images), BATCH):
             x = torch.from_numpy(np.ascontiguousarray(images[start : start + BATCH]))
@@ -102,10 +116,12 @@ def vae_features(fitted, images: np.ndarray) -> dict[str, np.ndarray]:
             mus.append(mu.double().numpy())
             residuals.append((x.float() / 255.0 - mean).mean(1).double().numpy())
             maps.append(features.flatten(1).numpy())
+            pixels.append(x.flatten(1).float().numpy() / 255.0)
     return {
         "mu": np.concatenate(mus),
         "residual": np.concatenate(residuals),
         "features": np.concatenate(maps),
+        "pixels": np.concatenate(pixels),
     }
 
 
@@ -113,11 +129,14 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def cosine_knn_views(train: np.ndarray, parts: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
+def cosine_knn_views(
+    train: np.ndarray, parts: list[np.ndarray], everything: np.ndarray | None = None
+) -> dict[str, list[np.ndarray]]:
     """Cosine kNN of the encoder's full-resolution feature maps (flattened, each image scaled
     to unit length) against a bank of training images': the whole bank (FIT_IMAGES), a bank of
     1000, and the bank projected on its first 256 or 128 principal components (`train`, `parts`:
-    (N, features) each)."""
+    (N, features) each). On 256 components also: 1, 2 and 10 neighbours (_k1, _k2, _k10), and
+    every training image in the bank (`everything`, _all)."""
     bank = unit_rows(train.astype(np.float64))
     units = [unit_rows(p.astype(np.float64)) for p in parts]
     out = {
@@ -129,10 +148,38 @@ def cosine_knn_views(train: np.ndarray, parts: list[np.ndarray]) -> dict[str, li
     for k in (256, 128):
         basis = vt[:k].T
         ref = (bank - mean) @ basis
-        out[f"feature_cosine_knn_pca{k}"] = [
+        if k != 256:
+            out[f"feature_cosine_knn_pca{k}"] = [
+                nearest_mean_sq(ref, (u - mean) @ basis) for u in units
+            ]
+            continue
+        views = [nearest_mean_sqs(ref, (u - mean) @ basis, (1, 2, 5, 10)) for u in units]
+        out["feature_cosine_knn_pca256"] = [v[5] for v in views]
+        for n in (1, 2, 10):
+            out[f"feature_cosine_knn_pca256_k{n}"] = [v[n] for v in views]
+        for n in (5, 20):
+            out[f"feature_cosine_lof_k{n}"] = local_outlier_factor(
+                ref, [(u - mean) @ basis for u in units], n
+            )
+    if everything is not None:
+        whole = unit_rows(everything.astype(np.float64))
+        mean = whole.mean(0)
+        _, _, vt = np.linalg.svd(whole - mean, full_matrices=False)
+        basis = vt[:256].T
+        ref = (whole - mean) @ basis
+        out["feature_cosine_knn_pca256_all"] = [
             nearest_mean_sq(ref, (u - mean) @ basis) for u in units
         ]
     return out
+
+
+def local_outlier_factor(train: np.ndarray, parts: list[np.ndarray], k: int) -> list[np.ndarray]:
+    """scikit-learn's local outlier factor (novelty mode, k neighbours) of each row of parts
+    against train, (B,) each; higher = more anomalous."""
+    from sklearn.neighbors import LocalOutlierFactor
+
+    lof = LocalOutlierFactor(n_neighbors=k, novelty=True).fit(train)
+    return [-lof.score_samples(p) for p in parts]
 
 
 def pixelcnn_features(fitted, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -152,9 +199,12 @@ def pixelcnn_features(fitted, images: np.ndarray) -> dict[str, np.ndarray]:
     return {"full": np.concatenate(full), "local": np.concatenate(local)}
 
 
-def candidates(kind: str, train: dict, parts: list[dict]) -> list[dict[str, np.ndarray]]:
+def candidates(
+    kind: str, train: dict, parts: list[dict], everything: dict | None = None
+) -> list[dict[str, np.ndarray]]:
     """Each candidate statistic (higher = more anomalous) of each of `parts` (features of
-    calibration, normal and anomalous images), fitted on `train` (features of training images)."""
+    calibration, normal and anomalous images), fitted on `train` (features of the training
+    images the product fits on; `everything`: of all training images, for the VAE's _all bank)."""
     out = [{} for _ in parts]
     if kind == "vae":
         residuals = [pooled(f["residual"], 14) for f in (train, *parts)]
@@ -162,7 +212,14 @@ def candidates(kind: str, train: dict, parts: list[dict]) -> list[dict[str, np.n
         for o, p, d in zip(out, parts, distances, strict=True):
             o["latent_knn"] = nearest_mean_sq(train["mu"], p["mu"])
             o["residual_distance"] = d
-        views = cosine_knn_views(train["features"], [p["features"] for p in parts])
+        lofs = local_outlier_factor(train["pixels"], [p["pixels"] for p in parts], 20)
+        for o, v in zip(out, lofs, strict=True):
+            o["pixel_lof"] = v
+        views = cosine_knn_views(
+            train["features"],
+            [p["features"] for p in parts],
+            None if everything is None else everything["features"],
+        )
         for name, values in views.items():
             for o, v in zip(out, values, strict=True):
                 o[name] = v
@@ -200,6 +257,23 @@ TWO_SIDED = {"vae": ("kl", "posterior_spread"), "pixelcnn": ()}
 # took recon_mse's place, and with the 2x2 Gaussian alone in its place.
 VARIANTS = {
     "vae": {
+        "encoder_neighbour_distance for encoder_outlier_factor (the members before)": (
+            "latent_nll",
+            "recon_map_distance",
+            "iwae_minus_png",
+            "encoder_neighbour_distance",
+            "encoder_coarse_distance",
+            "encoder_mixture_nll",
+        ),
+        "+ encoder_neighbour_distance": (
+            "latent_nll",
+            "recon_map_distance",
+            "iwae_minus_png",
+            "encoder_neighbour_distance",
+            "encoder_outlier_factor",
+            "encoder_coarse_distance",
+            "encoder_mixture_nll",
+        ),
         "encoder_distance for encoder_neighbour_distance (the members before 2026-12-03)": (
             "latent_nll",
             "recon_map_distance",
@@ -255,9 +329,14 @@ def measure(kind: str, dataset: str, cls: int, epochs: int, datasets: str) -> di
     fitted = fit_unit(kind, unit["train"], epochs, source=dataset)
     splits = fitted.splits
     features = vae_features if kind == "vae" else pixelcnn_features
-    train_images = splits.train.images[subset(len(splits.train))]
+    chosen = subset(len(splits.train))
     sets = [splits.calibration.images, splits.validation.images, unit["anomalous"]]
-    extra = candidates(kind, features(fitted, train_images), [features(fitted, s) for s in sets])
+    if kind == "vae":  # the _all bank takes every training image
+        everything = features(fitted, splits.train.images)
+        train = {name: values[chosen] for name, values in everything.items()}
+    else:
+        everything, train = None, features(fitted, splits.train.images[chosen])
+    extra = candidates(kind, train, [features(fitted, s) for s in sets], everything)
     cal, normal, anomalous = [{**fitted.raw(s), **e} for s, e in zip(sets, extra, strict=True)]
     first_idx, _ = calibration_halves(len(splits.calibration))
     first = {name: values[first_idx] for name, values in cal.items()}
@@ -287,11 +366,6 @@ def measure(kind: str, dataset: str, cls: int, epochs: int, datasets: str) -> di
         combined["latent_knn for latent_nll"] = fisher_auroc(
             first, normal, anomalous, ["latent_knn", *shipped[1:]]
         )
-        for out in ("iwae_minus_png", "encoder_mixture_nll"):
-            members = [m if m != out else "encoder_neighbour_distance" for m in shipped]
-            combined[f"encoder_neighbour_distance for {out}"] = fisher_auroc(
-                first, normal, anomalous, members
-            )
     return report(
         {"kind": kind, "dataset": dataset, "normal_class": cls, "epochs": epochs},
         {"n_normal": len(normal[shipped[0]]), "n_anomalous": len(anomalous[shipped[0]])},

@@ -88,7 +88,8 @@ class VAEGraph(nn.Module):
     latent mixture), recon_map_distance (the reconstruction map under the region density),
     encoder_distance and encoder_coarse_distance (the encoder's features under the feature
     densities over 3x3 and 2x2 regions), encoder_mixture_nll_nats (under the feature
-    mixture) and encoder_neighbour_distance (to the nearest training images' features)."""
+    mixture), encoder_neighbour_distance (to the nearest training images' features) and
+    encoder_outlier_factor (that distance against the neighbours' own, a local outlier factor)."""
 
     def __init__(
         self,
@@ -118,8 +119,9 @@ class VAEGraph(nn.Module):
         names += ["encoder_distance"] if self.encoder is not None else []
         names += ["encoder_coarse_distance"] if self.encoder_coarse is not None else []
         names += ["encoder_mixture_nll_nats"] if self.encoder_mixture is not None else []
-        neighbours = self.encoder_neighbours is not None
-        return names + (["encoder_neighbour_distance"] if neighbours else [])
+        if self.encoder_neighbours is not None:
+            names += ["encoder_neighbour_distance", "encoder_outlier_factor"]
+        return names
 
     def forward(self, images, noise, labels=None):
         features = self.model.encoder_features(images, labels)
@@ -136,7 +138,7 @@ class VAEGraph(nn.Module):
         if self.encoder_mixture is not None:
             outputs += (self.encoder_mixture(features),)
         if self.encoder_neighbours is not None:
-            outputs += (self.encoder_neighbours(features),)
+            outputs += self.encoder_neighbours.distance_and_factor(features)
         return outputs
 
 

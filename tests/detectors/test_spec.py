@@ -22,6 +22,7 @@ NEW_VAE_SCORES = (
     "encoder_distance",
     "encoder_mixture_nll",
     "encoder_neighbour_distance",
+    "encoder_outlier_factor",
     "kl",
     "latent_nll",
     "posterior_spread",

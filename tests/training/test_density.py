@@ -176,3 +176,33 @@ def test_feature_neighbours_keeps_at_most_its_bank():
     neighbours = FeatureNeighbours.fit(_pattern_maps(4, 0), neighbours=5)
     assert neighbours.neighbours == 4
     assert neighbours.bank.shape == (4, 3)
+
+
+@pytest.mark.parametrize(("components", "neighbours"), [(4 * 49, 20), (16, 5)])
+def test_feature_neighbours_outlier_factor_is_scikit_learns_local_outlier_factor(
+    components, neighbours
+):
+    """scikit-learn's LocalOutlierFactor (novelty mode) on the unit features' principal-component
+    coordinates: its own neighbour search, reachability distances and densities."""
+    from sklearn.neighbors import LocalOutlierFactor
+
+    train, test = _pattern_maps(300, 0), _pattern_maps(30, 1)
+    between = _pattern_maps(10, 2)
+    test = torch.cat([test, 0.5 * (between + between.roll(1, 0))])
+    fitted = FeatureNeighbours.fit(train, neighbours=neighbours, components=components)
+    unit_train, unit_test = (FeatureNeighbours.unit(m).double().numpy() for m in (train, test))
+    pca = PCA(components).fit(unit_train)
+    lof = LocalOutlierFactor(n_neighbors=neighbours, novelty=True).fit(pca.transform(unit_train))
+    expected = -lof.score_samples(pca.transform(unit_test))
+    with torch.no_grad():
+        distance, factor = (t.double().numpy() for t in fitted.distance_and_factor(test))
+        np.testing.assert_allclose(distance, fitted(test).double().numpy())
+    np.testing.assert_allclose(factor, expected, rtol=1e-4)
+    assert factor[30:].min() > factor[:30].max()  # off both clusters, the factor is far above 1
+
+
+def test_feature_neighbours_outlier_factor_of_a_tiny_bank_is_finite():
+    for n in (1, 4):
+        fitted = FeatureNeighbours.fit(_pattern_maps(n, 0), neighbours=5)
+        with torch.no_grad():
+            assert torch.isfinite(fitted.outlier_factor(_pattern_maps(3, 1))).all()

@@ -127,6 +127,7 @@ def test_the_statistics_in_the_graph_match_torch(kind):
         "encoder_coarse_distance",
         "encoder_mixture_nll_nats",
         "encoder_neighbour_distance",
+        "encoder_outlier_factor",
     }
     assert new & set(names) == (
         {"local_nll_bits_per_dim", "nll_map_distance"}
@@ -138,6 +139,7 @@ def test_the_statistics_in_the_graph_match_torch(kind):
             "encoder_coarse_distance",
             "encoder_mixture_nll_nats",
             "encoder_neighbour_distance",
+            "encoder_outlier_factor",
         }
     )
     got = dict(zip(names, session.run(names, feeds), strict=True))

@@ -21,7 +21,8 @@
   bar). benchmarks/results/candidate_statistics_mixture.md has both on development splits.
 - `FeatureNeighbours`: the cosine distance of the encoder's full-resolution feature maps to their
   nearest among the normal training images' (a k-nearest-neighbour density, as PyOD's KNN is on
-  pixels, in the encoder's features instead).
+  pixels, in the encoder's features instead), and the local outlier factor of those neighbours
+  (as scikit-learn's LocalOutlierFactor is on pixels).
 
 All are plain buffers and tensor arithmetic, so the exported graph computes them.
 """
@@ -41,8 +42,9 @@ LOG_FLOOR_BITS = 0.01  # log(map + floor): a pixel the model predicts perfectly 
 MIXTURE_COMPONENTS = (1, 2, 4, 8, 16)
 FEATURE_COMPONENTS = 32  # principal components of the encoder features under FeatureMixture
 FEATURE_MIXTURE_COMPONENTS = (1, 2, 4, 8)  # the mixture sizes BIC chooses among there
-NEIGHBOURS = 5  # nearest training images whose distances FeatureNeighbours averages
+NEIGHBOURS = 5  # nearest training images FeatureNeighbours averages over (distance and LOF)
 NEIGHBOUR_COMPONENTS = 256  # principal components FeatureNeighbours keeps of the unit features
+LOF_EPSILON = 1e-10  # scikit-learn's guard on the mean reachability distance
 
 
 class LatentMixture(nn.Module):
@@ -223,7 +225,14 @@ class FeatureNeighbours(nn.Module):
     [0, 4]). The Gaussians above pool each channel into regions and see one ellipsoid; the
     neighbours keep where in the image a feature fires and see every way a class is written. The
     bank is stored on its first NEIGHBOUR_COMPONENTS principal components (`basis`), which keeps
-    the graph small and the distances nearly unchanged."""
+    the graph small and the distances nearly unchanged.
+
+    The same neighbours also give the local outlier factor (Breunig et al. 2000; scikit-learn's
+    LocalOutlierFactor in novelty mode, with Euclidean distances between the principal-component
+    coordinates, sqrt(2 - 2 cos) with every component kept): the image's reachability distance
+    to its neighbours against *their* own, ~1 inside the normal data and growing off it. A plain
+    distance is also large where the normal images are sparse (a rare way of writing a digit);
+    the factor measures it against how sparse the neighbourhood is."""
 
     def __init__(self, bank: np.ndarray, mean: np.ndarray, basis: np.ndarray, neighbours: int):
         super().__init__()
@@ -234,6 +243,28 @@ class FeatureNeighbours(nn.Module):
         self.register_buffer("bank_sq", torch.tensor((bank**2).sum(1), dtype=torch.float32))
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))  # (features,)
         self.register_buffer("basis", torch.tensor(basis, dtype=torch.float32))  # (features, k)
+        # For the local outlier factor, each bank image's neighbours among the *other* bank
+        # images (at most N - 1 of them): its distance to the last of them, and its local
+        # reachability density, 1 / (mean reachability distance to them + LOF_EPSILON).
+        own = int(min(neighbours, len(bank) - 1))
+        k_distance, density = self.reachability(np.asarray(bank, dtype=np.float64), own)
+        self.register_buffer("k_distance", torch.tensor(k_distance, dtype=torch.float32))
+        self.register_buffer("density", torch.tensor(density, dtype=torch.float32))
+
+    @staticmethod
+    def reachability(bank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(k-distance, local reachability density), (N,) each, of each row of bank among the
+        others, as scikit-learn's LocalOutlierFactor computes them when it is fitted."""
+        if k < 1:  # a bank of one image: no neighbours of its own
+            return np.zeros(len(bank)), np.ones(len(bank))
+        sq = (bank**2).sum(1)
+        d2 = sq[:, None] + sq[None] - 2.0 * bank @ bank.T
+        np.fill_diagonal(d2, np.inf)  # an image is not its own neighbour
+        nearest = np.argpartition(d2, k - 1, axis=1)[:, :k]
+        distance = np.sqrt(np.maximum(np.take_along_axis(d2, nearest, 1), 0.0))
+        k_distance = distance.max(1)
+        reach = np.maximum(distance, k_distance[nearest])
+        return k_distance, 1.0 / (reach.mean(1) + LOF_EPSILON)
 
     @staticmethod
     def unit(maps: torch.Tensor) -> torch.Tensor:
@@ -255,16 +286,33 @@ class FeatureNeighbours(nn.Module):
     ) -> FeatureNeighbours:
         """The bank of the feature maps (N, C, h, w) of normal images, on their first
         `components` principal components (fewer than N and the features)."""
+        return cls(*cls.principal_bank(maps, components), neighbours)
+
+    @classmethod
+    def principal_bank(cls, maps: torch.Tensor, components: int):
+        """The unit features of maps (N, C, h, w) on their first `components` principal
+        components (fewer than N and the features): bank (N, k), mean (features,), basis
+        (features, k)."""
         with torch.no_grad():
             unit = cls.unit(maps).double().numpy()
         mean = unit.mean(0)
         k = min(components, unit.shape[1], len(unit) - 1)
         _, _, vt = np.linalg.svd(unit - mean, full_matrices=False)
         basis = vt[:k].T
-        return cls((unit - mean) @ basis, mean, basis, neighbours)
+        return (unit - mean) @ basis, mean, basis
 
-    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+    def distance_and_factor(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, h, w) -> the mean squared distance to the NEIGHBOURS nearest bank images (B,)
+        and the local outlier factor of the same neighbours (B,), from one search."""
         z = self.project(maps)  # (B, k)
         d2 = (z * z).sum(1, keepdim=True) + self.bank_sq[None] - 2.0 * z @ self.bank.T
-        nearest = torch.topk(d2.clamp_min(0.0), self.neighbours, dim=1, largest=False).values
-        return nearest.mean(1)
+        nearest = torch.topk(d2.clamp_min(0.0), self.neighbours, dim=1, largest=False)
+        reach = torch.maximum(nearest.values.sqrt(), self.k_distance[nearest.indices])
+        factor = self.density[nearest.indices].mean(1) * (reach.mean(1) + LOF_EPSILON)
+        return nearest.values.mean(1), factor
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return self.distance_and_factor(maps)[0]
+
+    def outlier_factor(self, maps: torch.Tensor) -> torch.Tensor:
+        return self.distance_and_factor(maps)[1]
