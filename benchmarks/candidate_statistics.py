@@ -28,7 +28,8 @@ day (feature_cosine_lof_k5); VARIANTS are measured beside them):
   feature_cosine_lof_k5, _k20
                      scikit-learn's local outlier factor (5 or 20 neighbours) of the unit
                      features' 256 principal-component coordinates among the training images'
-  pixel_lof          the same factor (20 neighbours) on the pixels, as the peer sklearn_lof
+  pixel_lof          the same factor (20 neighbours) on the pixels in [0, 1], as the peer
+                     sklearn_lof, fitted on the FIT_IMAGES training images (the peer: all)
   kl, posterior_spread, two-sided
                      p = min(1, 2 min(p_high, p_low)) against the same reference: a normal-only
                      way to use a statistic whose direction is not known in advance (both rank
@@ -148,19 +149,14 @@ def cosine_knn_views(
     for k in (256, 128):
         basis = vt[:k].T
         ref = (bank - mean) @ basis
-        if k != 256:
-            out[f"feature_cosine_knn_pca{k}"] = [
-                nearest_mean_sq(ref, (u - mean) @ basis) for u in units
-            ]
-            continue
-        views = [nearest_mean_sqs(ref, (u - mean) @ basis, (1, 2, 5, 10)) for u in units]
-        out["feature_cosine_knn_pca256"] = [v[5] for v in views]
-        for n in (1, 2, 10):
-            out[f"feature_cosine_knn_pca256_k{n}"] = [v[n] for v in views]
-        for n in (5, 20):
-            out[f"feature_cosine_lof_k{n}"] = local_outlier_factor(
-                ref, [(u - mean) @ basis for u in units], n
-            )
+        projected = [(u - mean) @ basis for u in units]
+        views = [nearest_mean_sqs(ref, p, (1, 2, 5, 10)) for p in projected]
+        out[f"feature_cosine_knn_pca{k}"] = [v[5] for v in views]
+        if k == 256:
+            for n in (1, 2, 10):
+                out[f"feature_cosine_knn_pca256_k{n}"] = [v[n] for v in views]
+            for n in (5, 20):
+                out[f"feature_cosine_lof_k{n}"] = local_outlier_factor(ref, projected, n)
     if everything is not None:
         whole = unit_rows(everything.astype(np.float64))
         mean = whole.mean(0)

@@ -205,4 +205,4 @@ def test_feature_neighbours_outlier_factor_of_a_tiny_bank_is_finite():
     for n in (1, 4):
         fitted = FeatureNeighbours.fit(_pattern_maps(n, 0), neighbours=5)
         with torch.no_grad():
-            assert torch.isfinite(fitted.outlier_factor(_pattern_maps(3, 1))).all()
+            assert torch.isfinite(fitted.distance_and_factor(_pattern_maps(3, 1))[1]).all()

@@ -286,20 +286,13 @@ class FeatureNeighbours(nn.Module):
     ) -> FeatureNeighbours:
         """The bank of the feature maps (N, C, h, w) of normal images, on their first
         `components` principal components (fewer than N and the features)."""
-        return cls(*cls.principal_bank(maps, components), neighbours)
-
-    @classmethod
-    def principal_bank(cls, maps: torch.Tensor, components: int):
-        """The unit features of maps (N, C, h, w) on their first `components` principal
-        components (fewer than N and the features): bank (N, k), mean (features,), basis
-        (features, k)."""
         with torch.no_grad():
             unit = cls.unit(maps).double().numpy()
         mean = unit.mean(0)
         k = min(components, unit.shape[1], len(unit) - 1)
         _, _, vt = np.linalg.svd(unit - mean, full_matrices=False)
         basis = vt[:k].T
-        return (unit - mean) @ basis, mean, basis
+        return cls((unit - mean) @ basis, mean, basis, neighbours)
 
     def distance_and_factor(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, h, w) -> the mean squared distance to the NEIGHBOURS nearest bank images (B,)
@@ -313,6 +306,3 @@ class FeatureNeighbours(nn.Module):
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         return self.distance_and_factor(maps)[0]
-
-    def outlier_factor(self, maps: torch.Tensor) -> torch.Tensor:
-        return self.distance_and_factor(maps)[1]
