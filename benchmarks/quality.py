@@ -11,7 +11,8 @@ Protocols:
             alpha 0.001, 0.01 and 0.05, with its binomial 95% interval.
 
 Models train with the product's own steps (those of training.pipeline.run but the file: training,
-the local model, the fitted densities, the bundle's scores, calibration on two held-out halves) for
+the local model, the fitted densities, the bundle's scores, calibration: every reference on the
+calibration split, the combined score's members inside the combination on the validation split) for
 a fixed number of epochs (the budget is stated in epochs, so the figures do not depend on the
 machine's load), and are scored by the torch modules that are exported, with the runtime's own
 derivation of scores (the export adds nothing here: its parity with torch is tested in
@@ -205,8 +206,8 @@ def fit_unit(
     kind: str, train: np.ndarray, epochs: int, device: str = "cpu", source: str = ""
 ) -> FittedUnit:
     """Train `kind` on `train` with the product's own steps (training/pipeline.py without the
-    file: fit, the local model, the fitted densities, the bundle's scores, calibration on two
-    halves); raw scores come from the modules that are exported."""
+    file: fit, the local model, the fitted densities, the bundle's scores, calibration on the
+    calibration and validation splits); raw scores come from the modules that are exported."""
     from detectors.fitting import with_reference
     from detectors.sources import ImageSet
     from detectors.spec import TrainingFacts
@@ -237,7 +238,11 @@ def fit_unit(
     def raw(images: np.ndarray) -> dict[str, np.ndarray]:
         return graph_scores(graph, spec, images)
 
-    spec = with_reference(spec, raw(splits.calibration.images))
+    # The pipeline's calibration (training/pipeline.py): the combined score's members inside the
+    # combination on the validation split, every reference on the calibration split.
+    spec = with_reference(
+        spec, raw(splits.calibration.images), member_scores=raw(splits.validation.images)
+    )
     return FittedUnit(spec, raw, splits, result, train_seconds, model.cpu().eval(), statistics)
 
 

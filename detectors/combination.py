@@ -1,18 +1,23 @@
-"""One score from several: a combined statistic, conformalised again on a second held-out half.
-Arrays only: no images, no ONNX.
+"""One score from several: a combined statistic, conformalised again on normal images that its
+members' references do not hold. Arrays only: no images, no ONNX.
 
 No single statistic wins everywhere: reconstruction error and latent density catch a digit of the
 wrong class, a complexity-corrected likelihood catches another data set, the pattern of surprise
 over the image catches what the total likelihood averages away. The combined score turns each
-member statistic s_i into its conformal p-value p_i against its own reference and combines them
-with Fisher's method:
+member statistic s_i into its conformal p-value p_i against a reference and combines them with
+Fisher's method:
 
     T = -2 sum_i log p_i
 
-The members' references come from the first half of the held-out normal images; the combined
-score's reference is T on the *second* half. T is a fixed function once the first half is spent,
-so its values on the second half are exchangeable with those of new normal images, and the
-combined p-value keeps P(p <= alpha) <= alpha whatever the dependence between the members.
+The members' references inside the combination come from one set of held-out normal images (the
+validation split, when training; the first half of the images `normalcy calibrate` is given,
+when it is given one set); the combined score's reference is T on *other* held-out normal images
+(every calibration image; the second half). T is a fixed function once the members' references
+are spent, so its values on the combined reference are exchangeable with those of new normal
+images, and the combined p-value keeps P(p <= alpha) <= alpha whatever the dependence between the
+members. The members' own p-values, by name, use every calibration image. The validation split
+also chose the training epoch; that does not matter here, since T need only be fixed, not fitted
+on images like the new ones.
 
 With one member nothing is split. T = -2 log p_1 falls as the member's count #{ref >= s} rises,
 and with both references on the same n images (a reference image's count includes itself), the
@@ -58,8 +63,9 @@ def combine(rule: str, members: dict[str, np.ndarray], references: dict[str, np.
 
 
 def calibration_halves(n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the two halves of n held-out normal images: the first (the larger, when n is
-    odd) for the members' references, the second for the combined score's. A fixed permutation,
+    """Indices of the two halves of n held-out normal images, when no other images are given for
+    the members: the first (the larger, when n is odd) for the members' references inside the
+    combination, the second for the combined score's. A fixed permutation,
     so a calibration is reproducible and independent of the images' order on disk."""
     order = np.random.default_rng(seed).permutation(n)
     first = n - n // 2

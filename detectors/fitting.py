@@ -26,6 +26,7 @@ def with_reference(
     spec: BundleSpec,
     scores: dict[str, np.ndarray],
     *,
+    member_scores: dict[str, np.ndarray] | None = None,
     moments: np.ndarray | None = None,
     alpha: float | None = None,
     source: str | None = None,
@@ -34,31 +35,48 @@ def with_reference(
     score computed from the graph) and heat-map statistics from `moments` (the maps' per-pixel sum
     and sum of squares over the same images, see calibration.map_moments). Arrays in, a spec out.
 
-    A bundle with a combined score of several members splits the images into two halves
-    (combination.calibration_halves): every other score's reference comes from the first, the
-    combined score's from its statistic on the second, so that its p-value stays exact. A
-    combined score of one member needs no split: its statistic is a decreasing function of the
+    Every score computed from the graph keeps all the images' scores as its reference. A combined
+    score of several members needs its members' references *inside the combination* from normal
+    images that its own reference does not hold, so that its statistic is a fixed function of the
+    images it is referenced against:
+    - `member_scores` (the graph scores of another held-out normal split; the validation split,
+      when training): the members' references inside the combination come from them, and the
+      combined score's own reference is its statistic on every image;
+    - without them, the images are split in two halves (combination.calibration_halves): the
+      first for the members inside the combination, the second for the combined reference.
+    A combined score of one member needs neither: its statistic is a decreasing function of the
     member's p-value, and with both references on all n images its p-value is the member's own
-    against all n (combination.py), so every reference uses every image."""
-    missing = set(spec.graph_scores) - set(scores)
-    if missing:
-        msg = f"no calibration scores for {sorted(missing)}"
-        raise InputError(msg)
-    sizes = {len(np.atleast_1d(scores[name])) for name in spec.graph_scores}
-    if len(sizes) != 1:
-        msg = f"calibration scores of different lengths {sorted(sizes)}"
-        raise InputError(msg)
-    n = sizes.pop()
+    against all n (combination.py)."""
+    n = _check_lengths(spec, scores, "calibration")
     alpha = check_alpha(spec.calibration.alpha if alpha is None else alpha)
-    combined = [name for name in spec.scores if name not in spec.graph_scores]
-    first, second = calibration_halves(n) if splits_calibration(spec) else (np.arange(n),) * 2
     scores = {name: np.atleast_1d(scores[name]) for name in spec.graph_scores}
-    references = {name: _reference(name, scores[name][first], alpha) for name in scores}
-    if combined:
-        members_calibrated = _with_references(spec, references)
-        second_half = {name: values[second] for name, values in scores.items()}
-        statistics = combined_scores(members_calibrated, second_half)
-        references |= {name: _reference(name, statistics[name], alpha) for name in combined}
+    references = {name: _reference(name, scores[name], alpha) for name in scores}
+    calibrated = _with_references(spec, references)
+    for name, score in spec.scores.items():
+        if name in spec.graph_scores:
+            continue
+        if len(score.statistics) == 1:
+            member_references, rest = {}, scores
+        elif member_scores is not None:
+            _check_lengths(spec, member_scores, "member reference")
+            member_references = {
+                m: _reference(m, np.atleast_1d(member_scores[m]), alpha) for m in score.statistics
+            }
+            rest = scores
+        else:
+            first, second = calibration_halves(n)
+            member_references = {
+                m: _reference(m, scores[m][first], alpha) for m in score.statistics
+            }
+            rest = {m: scores[m][second] for m in score.statistics}
+        combined = replace(score, member_references=member_references)
+        statistic = combine(
+            score.rule,
+            {m: rest[m] for m in score.statistics},
+            combined.references(calibrated.scores),
+        )
+        references[name] = _reference(name, statistic, alpha)
+        calibrated = replace(calibrated, scores={**calibrated.scores, name: combined})
     heatmap = spec.heatmap
     if moments is not None and heatmap is not None:
         mean = moments[0] / n
@@ -75,19 +93,24 @@ def with_reference(
         data=spec.calibration.data if source is None else source,
     )
     return replace(
-        spec,
-        scores=_with_references(spec, references).scores,
+        calibrated,
+        scores=_with_references(calibrated, references).scores,
         heatmap=heatmap,
         calibration=calibration,
     )
 
 
-def splits_calibration(spec: BundleSpec) -> bool:
-    """Whether calibration splits the images in two halves: only for a combined score of more
-    than one member (with one, the combined p-value is its member's, see with_reference)."""
-    return any(
-        len(s.statistics) > 1 for name, s in spec.scores.items() if name not in spec.graph_scores
-    )
+def _check_lengths(spec: BundleSpec, scores: dict[str, np.ndarray], what: str) -> int:
+    """The number of images `scores` (one array per graph score) were computed on."""
+    missing = set(spec.graph_scores) - set(scores)
+    if missing:
+        msg = f"no {what} scores for {sorted(missing)}"
+        raise InputError(msg)
+    sizes = {len(np.atleast_1d(scores[name])) for name in spec.graph_scores}
+    if len(sizes) != 1:
+        msg = f"{what} scores of different lengths {sorted(sizes)}"
+        raise InputError(msg)
+    return sizes.pop()
 
 
 def _reference(name: str, scores: np.ndarray, alpha: float) -> tuple[float, ...]:
@@ -115,7 +138,7 @@ def combined_scores(spec: BundleSpec, scores: dict[str, np.ndarray]) -> dict[str
             out[name] = combine(
                 spec.scores[name].rule,
                 {m: scores[m] for m in members},
-                {m: np.asarray(spec.scores[m].reference) for m in members},
+                spec.scores[name].references(spec.scores),
             )
     return out
 
@@ -125,18 +148,24 @@ def calibrated_spec(
     images,
     *,
     labels=None,
+    members=None,
+    member_labels=None,
     alpha: float | None = None,
     source: str | None = None,
     batch_size: int = 256,
     device: str = "auto",
 ) -> BundleSpec:
     """The bundle's metadata with references recomputed on `images` (normal, never seen in
-    training). A conditional bundle needs their true `labels`: the reference is then the scores of
-    normal images given their own class, pooled over classes."""
+    training) and, when given, the combined score's members' references on `members` (other
+    held-out normal images, see with_reference). A conditional bundle needs their true `labels`
+    (`member_labels`): the reference is then the scores of normal images given their own class,
+    pooled over classes."""
     spec, _ = recalibrate(
         bundle,
         images,
         labels=labels,
+        members=members,
+        member_labels=member_labels,
         alpha=alpha,
         source=source,
         batch_size=batch_size,
@@ -151,6 +180,8 @@ def recalibrate(
     *,
     labels=None,
     anomalous_labels=None,
+    members=None,
+    member_labels=None,
     alpha: float | None = None,
     anomalous=None,
     rule: str | None = None,
@@ -165,7 +196,9 @@ def recalibrate(
 ) -> tuple[BundleSpec, dict]:
     """New metadata for `bundle` (the graph is untouched) and a summary of what changed.
 
-    The references are recomputed on `normal`, held-out normal images. With `anomalous` images:
+    The references are recomputed on `normal`, held-out normal images; the combined score's
+    members' references inside the combination on `members`, other held-out normal images, when
+    given, else on half of `normal` (with_reference). With `anomalous` images:
     `rule` ("fpr", "recall" or "f1", see supervised.choose_threshold) chooses the operating point
     for `score` (default: the bundle's default score), stored as the conformal alpha that flags the
     same scores, with the reasons; `probability` ("isotonic", "logistic" or None) fits a map to
@@ -187,12 +220,27 @@ def recalibrate(
     if anomalous is not None:
         anomalous = detector.check_images(anomalous)
         anomalous_labels = detector.check_labels(anomalous_labels, len(anomalous))
+    if members is not None:
+        members = detector.check_images(members)
+        member_labels = detector.check_labels(member_labels, len(members))
     # The graph's scores only: the combined ones are computed below with the new references.
     graph_scores = bundle.spec.graph_scores
     normal_scores, moments = detector.raw_scores_batched(
         normal, graph_scores, labels=labels, batch_size=batch_size, with_moments=True
     )
-    spec = with_reference(bundle.spec, normal_scores, moments=moments, alpha=alpha, source=source)
+    member_scores = None
+    if members is not None:
+        member_scores, _ = detector.raw_scores_batched(
+            members, graph_scores, labels=member_labels, batch_size=batch_size
+        )
+    spec = with_reference(
+        bundle.spec,
+        normal_scores,
+        member_scores=member_scores,
+        moments=moments,
+        alpha=alpha,
+        source=source,
+    )
     normal_scores = combined_scores(spec, normal_scores)
     scores = {name: replace(s, probability=None) for name, s in spec.scores.items()}
     calibration = replace(spec.calibration, choice=None)
@@ -242,19 +290,17 @@ def recalibrate(
 def reference_warnings(spec: BundleSpec) -> list[str]:
     """What a user must know about the default score's reference: if it is too small for the
     bundle's alpha, the smallest p-value it can give, 1 / (n + 1), is above alpha and the score
-    never flags anything. The reference of a combined score of several members is only half the
-    calibration images."""
+    never flags anything. A combined score calibrated on one set of images has half of them."""
     alpha = spec.calibration.alpha
     name = spec.default_score
     n = len(spec.scores[name].reference)
     if n == 0 or math.isfinite(conformal_threshold(np.asarray(spec.scores[name].reference), alpha)):
         return []
-    per_half = math.ceil(1.0 / alpha - 1.0 - 1e-9)  # the smallest n with alpha (n + 1) >= 1
-    halves = splits_calibration(spec)
-    needed = 2 * per_half if halves else per_half
+    needed = math.ceil(1.0 / alpha - 1.0 - 1e-9)  # the smallest n with alpha (n + 1) >= 1
+    halves = n < spec.calibration.n_reference
     return [
         f"the default score {name!r} has a reference of {n} images, so its p-value is never "
         f"below 1/{n + 1} = {1.0 / (n + 1):.3g} and it flags nothing at alpha {alpha:g}; "
-        f"calibrate on at least {needed} held-out normal images"
+        f"calibrate on at least {2 * needed if halves else needed} held-out normal images"
         + (" (the combined score's reference is half of them)" if halves else "")
     ]

@@ -178,7 +178,7 @@ def scores_from_outputs(
         spec = specs[name]
         if isinstance(spec, CombinedScore):
             members = {m: scores[m] for m in spec.statistics}
-            references = {m: np.asarray(specs[m].reference) for m in spec.statistics}
+            references = spec.references(specs)
             try:
                 scores[name] = combine(spec.rule, members, references)
             except InputError as error:

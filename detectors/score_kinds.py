@@ -14,7 +14,8 @@ learns to compute it. A bundle naming a kind this version does not know is refus
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -129,15 +130,26 @@ class DifferenceScore(OutputScore):
 @score_kind("combined")
 @dataclass(frozen=True, kw_only=True)
 class CombinedScore(ScoreSpec):
-    """The bundle's other scores (`statistics`), each as a conformal p-value against its own
-    reference, combined by `rule` (combination.py). Its own reference is the combined statistic
-    on a second held-out half of the normal images, so its p-value is exact too; with one member,
-    both references hold every image (fitting.with_reference)."""
+    """The bundle's other scores (`statistics`), each as a conformal p-value against a reference,
+    combined by `rule` (combination.py). Its own reference is the combined statistic on normal
+    images that none of those references holds, so its p-value is exact too.
 
-    PARSE: ClassVar = {**ScoreSpec.PARSE, "statistics": as_tuple}
+    `member_references` holds each member's reference *inside the combination*: the member's
+    scores on a separate held-out normal split (the validation split, when training), so that the
+    combined score's own reference can hold every calibration image. Empty in bundles written
+    before it existed: the members' own references serve instead (fitting.with_reference)."""
+
+    PARSE: ClassVar = {
+        **ScoreSpec.PARSE,
+        "statistics": as_tuple,
+        "member_references": lambda value: (
+            {k: numbers(v) for k, v in value.items()} if isinstance(value, dict) else value
+        ),
+    }
 
     statistics: tuple[str, ...]
     rule: str = "fisher"
+    member_references: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
     def __post_init__(self):
         super().__post_init__()
@@ -148,6 +160,22 @@ class CombinedScore(ScoreSpec):
             and all(isinstance(name, str) for name in self.statistics),
             "a combined score names its member scores in 'statistics'",
         )
+        require(isinstance(self.member_references, Mapping), "member_references must be an object")
+        if self.member_references:
+            require(
+                set(self.member_references) == set(self.statistics),
+                f"member_references must hold exactly the members {list(self.statistics)}, "
+                f"got {sorted(self.member_references)}",
+            )
+            for reference in self.member_references.values():
+                _check_reference(reference)
+                require(bool(reference), "a member reference is empty")
 
     def inputs(self) -> tuple[str, ...]:
         return ()  # its members' outputs are theirs
+
+    def references(self, specs: Mapping[str, ScoreSpec]) -> dict[str, np.ndarray]:
+        """Each member's sorted reference for the combination: its own in `member_references`,
+        else (a bundle from before them) the member score's reference in `specs`."""
+        source = self.member_references or {m: specs[m].reference for m in self.statistics}
+        return {m: np.asarray(source[m], dtype=np.float64) for m in self.statistics}

@@ -114,6 +114,12 @@ def add_calibrate(sub) -> None:
     p.add_argument("bundle", help="FILE.onnx to recalibrate")
     p.add_argument("--data", required=True, help="normal images never used in training (data spec)")
     p.add_argument("--normal-classes", type=classes, help="keep only these labels of --data")
+    p.add_argument(
+        "--member-data",
+        help="other normal images never used in training (data spec; --normal-classes applies): "
+        "the references of a combined score's members inside the combination, so that the "
+        "combined score's own reference holds all of --data (default: half of --data each)",
+    )
     p.add_argument("--alpha", type=alpha, help="default false-positive rate (kept if not given)")
     p.add_argument("--anomalous", help="labelled anomalous images (data spec)")
     p.add_argument(
@@ -155,6 +161,9 @@ def run_calibrate(args) -> int:
     bundle = Bundle.read(args.bundle)
     # Load everything before touching the file, so a bad spec leaves it as it was.
     normal = load_classes(args.data, args.normal_classes)
+    members = (
+        None if args.member_data is None else load_classes(args.member_data, args.normal_classes)
+    )
     anomalous = None
     if args.anomalous:
         anomalous = load_classes(args.anomalous, args.anomalous_classes)
@@ -170,6 +179,8 @@ def run_calibrate(args) -> int:
         normal.images,
         alpha=args.alpha,
         labels=normal.labels if conditional else None,
+        members=None if members is None else members.images,
+        member_labels=members.labels if conditional and members is not None else None,
         anomalous_labels=anomalous.labels if conditional and anomalous is not None else None,
         anomalous=None if anomalous is None else anomalous.images,
         rule=rule,

@@ -203,9 +203,19 @@ class ServedModel:
         for name, score in spec.scores.items():
             reference = d.reference(name)
             threshold = self.threshold(name, d.default_alpha)
+            summaries = {"reference", "member_references"}  # sizes here, not the numbers
             scores[name] = {
-                **{k: v for k, v in score.to_json().items() if k != "reference"},
+                **{k: v for k, v in score.to_json().items() if k not in summaries},
                 "reference_size": len(reference),
+                **(
+                    {
+                        "member_reference_sizes": {
+                            m: len(r) for m, r in score.member_references.items()
+                        }
+                    }
+                    if getattr(score, "member_references", None)
+                    else {}
+                ),
                 "threshold": threshold,
                 "reference_histogram": reference_histogram(reference, threshold),
             }

@@ -39,7 +39,8 @@ class TrainJob:
     alpha: float = 0.01
     samples: int = 4  # VAE importance samples at scoring time
     validation: float = 0.1
-    # Two halves: the scores' references, then the combined score's (detectors/combination.py).
+    # Every score's reference; the combined score's members inside the combination are referenced
+    # on the validation split instead (detectors/combination.py).
     calibration: float = 0.2
     progress: bool = True
     resume: bool = False  # continue from the checkpoint(s) beside `out`
@@ -189,7 +190,9 @@ def run(job: TrainJob) -> tuple[Bundle | None, dict | None]:
         draft,
         splits.calibration.images,
         labels=cal_labels,
-        source=f"{job.data} (calibration split)",
+        members=splits.validation.images,
+        member_labels=val_labels,
+        source=f"{job.data} (calibration split; members inside the combination: validation split)",
     )
     test_bpd = _bundle_bits_per_dim(draft, splits.validation.images, val_labels)
     spec = replace(spec, training=replace(spec.training, validation_bits_per_dim_onnx=test_bpd))

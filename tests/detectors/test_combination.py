@@ -1,6 +1,6 @@
-"""The combined score on arrays, without training: Fisher's rule, the two calibration halves (one
-reference for a single member), and the false-positive rate that the combined reference
-guarantees."""
+"""The combined score on arrays, without training: Fisher's rule, where the members' references
+inside the combination come from (another split, or the first calibration half; nothing split for
+a single member), and the false-positive rate that the combined reference guarantees."""
 
 import math
 
@@ -71,22 +71,85 @@ def test_the_halves_split_every_image_once_the_same_way_each_time():
     np.testing.assert_array_equal(calibration_halves(11)[0], first)
 
 
-def test_members_use_the_first_half_and_the_combined_score_the_second():
+def test_one_set_of_images_splits_only_inside_the_combination():
+    # Without other images for the members, the members' references inside the combination come
+    # from the first half and the combined reference from the second; every score computed from
+    # the graph keeps all 400 images as its own reference.
     rng = np.random.default_rng(1)
     scores = _normal_scores(rng, 400)
     spec = with_reference(_spec(), scores)
     first, second = calibration_halves(400)
     for name in ("a", "b", "c"):
-        np.testing.assert_array_equal(spec.scores[name].reference, np.sort(scores[name][first]))
+        np.testing.assert_array_equal(spec.scores[name].reference, np.sort(scores[name]))
     references = {name: np.sort(scores[name][first]) for name in MEMBERS}
+    for name in MEMBERS:
+        np.testing.assert_array_equal(
+            spec.scores["combined"].member_references[name], references[name]
+        )
     statistic = combine("fisher", {name: scores[name][second] for name in MEMBERS}, references)
     np.testing.assert_allclose(spec.scores["combined"].reference, np.sort(statistic))
     assert spec.calibration.n_reference == 400
-    # New images: the combined raw score uses the members' stored references.
+    # New images: the combined raw score uses the references inside the combination.
     fresh = _normal_scores(rng, 5)
     np.testing.assert_allclose(
         combined_scores(spec, fresh)["combined"], combine("fisher", fresh, references)
     )
+
+
+def test_member_scores_of_other_images_give_the_combined_score_every_image():
+    # With the members' scores on another held-out split (the validation split, when training),
+    # the combined reference is the statistic of all 400 calibration images.
+    rng = np.random.default_rng(11)
+    scores, others = _normal_scores(rng, 400), _normal_scores(rng, 250)
+    spec = with_reference(_spec(), scores, member_scores=others)
+    references = {name: np.sort(others[name]) for name in MEMBERS}
+    for name in MEMBERS:
+        np.testing.assert_array_equal(spec.scores[name].reference, np.sort(scores[name]))
+        np.testing.assert_array_equal(
+            spec.scores["combined"].member_references[name], references[name]
+        )
+    np.testing.assert_allclose(
+        spec.scores["combined"].reference, np.sort(combine("fisher", scores, references))
+    )
+    assert len(spec.scores["combined"].reference) == 400
+    fresh = _normal_scores(rng, 5)
+    np.testing.assert_allclose(
+        combined_scores(spec, fresh)["combined"], combine("fisher", fresh, references)
+    )
+    # The references travel in the bundle's JSON.
+    assert BundleSpec.from_json(spec.to_json()) == spec
+    with pytest.raises(InputError, match="different lengths"):
+        with_reference(_spec(), scores, member_scores={**others, "a": others["a"][:-1]})
+
+
+def test_a_combined_score_from_before_member_references_uses_the_members_own():
+    # Bundles written before member_references: the members' own references serve.
+    rng = np.random.default_rng(12)
+    spec = with_reference(_spec(), _normal_scores(rng, 300))
+    document = spec.to_json()
+    del document["scores"]["combined"]["member_references"]
+    old = BundleSpec.from_json(document)
+    assert old.scores["combined"].member_references == {}
+    fresh = _normal_scores(rng, 7)
+    own = {name: np.asarray(old.scores[name].reference) for name in MEMBERS}
+    np.testing.assert_allclose(
+        combined_scores(old, fresh)["combined"], combine("fisher", fresh, own)
+    )
+
+
+def test_member_references_must_be_sorted_and_name_exactly_the_members():
+    document = with_reference(_spec(), _normal_scores(np.random.default_rng(13), 20)).to_json()
+    combined = document["scores"]["combined"]
+    for bad, match in [
+        ({**combined["member_references"], "z": [0.0]}, "exactly the members"),
+        ({k: v[::-1] for k, v in combined["member_references"].items()}, "not sorted"),
+        ({**combined["member_references"], "a": []}, "empty"),
+        ([1.0, 2.0], "must be an object"),
+    ]:
+        broken = {**document, "scores": {**document["scores"], "combined": {**combined}}}
+        broken["scores"]["combined"]["member_references"] = bad
+        with pytest.raises(BundleError, match=match):
+            BundleSpec.from_json(broken)
 
 
 def test_a_bundle_without_a_combined_score_uses_every_image_for_every_reference():
@@ -135,22 +198,31 @@ def test_one_member_flags_at_alpha_where_half_the_images_could_not():
     assert "at least 198" in warning
 
 
-@pytest.mark.parametrize("members", [MEMBERS, ("b",)])
+@pytest.mark.parametrize(
+    ("members", "other_images"), [(MEMBERS, False), (MEMBERS, True), (("b",), False)]
+)
 @pytest.mark.parametrize("alpha", [0.001, 0.01, 0.05])
-def test_the_false_positive_rate_holds_at_alpha(alpha, members):
+def test_the_false_positive_rate_holds_at_alpha(alpha, members, other_images):
     """Many calibrations on simulated normal scores, each tested on fresh normal images: the
     measured rate of p <= alpha is inside the binomial 95% interval around its exact conformal
     value floor(alpha (m + 1)) / (m + 1), m the combined reference's size (the second half, or
-    every image for one member), which is at most alpha."""
-    rng = np.random.default_rng(int(alpha * 1e4))
+    every image for one member or with the members' references on other images), which is at
+    most alpha."""
+    rng = np.random.default_rng(int(alpha * 1e4) + other_images)
     n_calibration, trials, per_trial = 2 * math.ceil(1 / alpha), 400, 25
     flagged = 0
     for _ in range(trials):
-        spec = with_reference(_spec(members, alpha=alpha), _normal_scores(rng, n_calibration))
+        member_scores = _normal_scores(rng, n_calibration // 4) if other_images else None
+        spec = with_reference(
+            _spec(members, alpha=alpha),
+            _normal_scores(rng, n_calibration),
+            member_scores=member_scores,
+        )
         reference = np.asarray(spec.scores["combined"].reference)
         raw = combined_scores(spec, _normal_scores(rng, per_trial))["combined"]
         flagged += int(np.sum(conformal_p_values(raw, reference) <= alpha))
-    m = n_calibration // 2 if len(members) > 1 else n_calibration  # the combined reference
+    halves = len(members) > 1 and not other_images
+    m = n_calibration // 2 if halves else n_calibration  # the combined reference
     exact = math.floor(alpha * (m + 1) + 1e-9) / (m + 1)
     assert exact <= alpha
     interval = binomtest(flagged, trials * per_trial, exact).proportion_ci(0.95)

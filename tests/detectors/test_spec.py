@@ -71,8 +71,13 @@ def test_a_bundle_with_earlier_metadata_scores(name, fixture, request, tmp_path,
 
 
 def test_training_writes_the_fields_it_wrote_before(vae_bundle):
-    combined = ("kind", "statistics", "rule", "reference", "description", "units", "direction")
+    spec = Bundle.read(vae_bundle).spec
+    combined = (
+        "kind", "statistics", "rule", "reference", "description", "units", "direction",
+        "member_references",
+    )  # fmt: skip
     new = {
+        *(f"scores.combined.member_references.{m}" for m in spec.scores["combined"].statistics),
         *(f"scores.{name}" for name in ("combined", *NEW_VAE_SCORES)),
         *(f"scores.{name}.{key}" for name in NEW_VAE_SCORES for key in SCORE_KEYS),
         *(f"scores.combined.{key}" for key in combined),
@@ -81,7 +86,7 @@ def test_training_writes_the_fields_it_wrote_before(vae_bundle):
     }
     # The background model of the likelihood ratio is gone (issue 10: fragile, removed).
     gone = {"training.background", "training.train_config.perturb_rate"}
-    assert _keys(Bundle.read(vae_bundle).spec.to_json()) == (_keys(MAIN["vae"]) - gone) | new
+    assert _keys(spec.to_json()) == (_keys(MAIN["vae"]) - gone) | new
 
 
 def test_unknown_fields_are_kept_and_written_back(vae_bundle, tmp_path):

@@ -56,6 +56,39 @@ def test_calibrate_rewrites_the_references_and_nothing_else(bundle_copy, capsys)
     assert summary["sha256"] == Bundle.read(bundle_copy).sha256
 
 
+def test_member_data_references_the_combined_scores_members_on_other_images(
+    vae_bundle, tmp_path, capsys
+):
+    # --member-data: the VAE's combined score keeps every --data image as its reference, its
+    # members inside the combination the --member-data images; without it, half of --data each.
+    path = tmp_path / "vae.onnx"
+    shutil.copy(vae_bundle, path)
+    code, _, _ = _calibrate(
+        capsys, path, "--data", "digits:test", "--member-data", "digits:train",
+        "--normal-classes", NORMAL, "--alpha", "0.2",
+    )  # fmt: skip
+    assert code == 0
+    detector = Detector.load(path, device="cpu")
+    test, train = load_digits("test"), load_digits("train")
+    normal = test.images[np.isin(test.labels, [0, 1, 2, 3, 4])]
+    others = train.images[np.isin(train.labels, [0, 1, 2, 3, 4])]
+    scores, member_scores = detector.raw_scores(normal), detector.raw_scores(others)
+    combined = detector.spec.scores["combined"]
+    assert len(combined.statistics) > 1
+    for m in combined.statistics:
+        assert len(combined.member_references[m]) == len(others)
+    for name in detector.score_names:
+        expected = expected_reference(detector.spec, scores, name, member_scores)
+        np.testing.assert_allclose(detector.reference(name), expected, rtol=1e-6)
+    assert len(detector.reference("combined")) == len(normal)
+    code, _, _ = _calibrate(capsys, path, "--data", "digits:test", "--normal-classes", NORMAL)
+    halves = Detector.load(path, device="cpu")
+    assert len(halves.reference("combined")) == len(normal) // 2
+    np.testing.assert_allclose(
+        halves.reference("combined"), expected_reference(halves.spec, scores, "combined"), rtol=1e-6
+    )
+
+
 def test_heat_maps_are_z_scores_against_the_calibration_images(bundle_copy, capsys):
     _calibrate(capsys, bundle_copy, "--data", "digits:test", "--normal-classes", NORMAL)
     detector = Detector.load(bundle_copy, device="cpu")

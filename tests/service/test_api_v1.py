@@ -101,13 +101,23 @@ def test_models_are_listed_with_version_and_calibration(client):
     assert detail["version"] == models["pixelcnn"]["version"] == detail["sha256"][:12]
     assert detail["provider"] == "CPUExecutionProvider"
     assert detail["calibration"]["alpha"] == 0.01
-    for spec in detail["scores"].values():
-        assert "reference" not in spec
-        histogram = spec["reference_histogram"]
-        # The PixelCNN's combined score has one member, so each reference holds every calibration
-        # image (a bundle with a combined score of several members splits them in halves).
-        assert sum(histogram["counts"]) == spec["reference_size"]
-        assert spec["reference_size"] == detail["calibration"]["n_reference"]
+    for name in ("pixelcnn", "vae"):
+        detail = client.get(f"/v1/models/{name}").json()
+        for spec in detail["scores"].values():
+            assert "reference" not in spec
+            assert "member_references" not in spec
+            histogram = spec["reference_histogram"]
+            # Every reference holds every calibration image; the VAE's combined score's members
+            # inside the combination hold the validation split, and only their sizes are shown.
+            assert sum(histogram["counts"]) == spec["reference_size"]
+            assert spec["reference_size"] == detail["calibration"]["n_reference"]
+        combined = detail["scores"]["combined"]
+        if name == "vae":
+            sizes = combined["member_reference_sizes"]
+            assert set(sizes) == set(combined["statistics"])
+            assert set(sizes.values()) == {detail["training"]["n_validation"]}
+        else:  # one member: its own reference serves
+            assert "member_reference_sizes" not in combined
 
 
 def test_docs_and_openapi_are_served(client):

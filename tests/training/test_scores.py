@@ -36,13 +36,18 @@ def test_the_default_is_the_combined_score_of_its_members(pixelcnn_bundle, vae_b
         assert detector.default_score == "combined"
         members = detector.spec.scores["combined"].statistics
         raw = detector.raw_scores(images, list(members))
-        references = {m: np.asarray(detector.spec.scores[m].reference) for m in members}
+        combined = detector.spec.scores["combined"]
+        references = combined.references(detector.spec.scores)
         result = detector.score(images)
         np.testing.assert_allclose(result.scores, combine("fisher", raw, references))
-        n_members, n_combined = len(references[members[0]]), len(detector.reference("combined"))
         n = detector.spec.calibration.n_reference
-        if len(members) > 1:  # two disjoint halves of the calibration images
-            assert n_members + n_combined == n
-            assert abs(n_members - n_combined) <= 1
-        else:  # one member: every image in both references
-            assert n_members == n_combined == n
+        assert n == detector.spec.training.extra["n_calibration"]
+        assert len(detector.reference("combined")) == n  # every calibration image
+        if len(members) > 1:  # the members inside the combination: the validation split
+            n_validation = detector.spec.training.extra["n_validation"]
+            assert {len(r) for r in combined.member_references.values()} == {n_validation}
+            for m in members:  # each member's own p-value: every calibration image
+                assert len(detector.reference(m)) == n
+        else:  # one member: its own reference, every calibration image
+            assert combined.member_references == {}
+            assert len(references[members[0]]) == n
