@@ -5,7 +5,9 @@ tests; development data only, never the images benchmarks/quality.py reports.
 Each unit trains a model with the product's own steps (benchmarks/quality.fit_unit) on one
 class's training images. Densities fit on the training images the product fits its own on
 (training/densities.subset); members get conformal p-values against the first calibration half
-and are combined with Fisher's rule, as in the product. AUROC on the class's *validation* images
+(the product's members took theirs from it until 2026-12-03, and now from the validation split,
+which these units hold out as their normal images) and are combined with Fisher's rule, as in
+the product. AUROC on the class's *validation* images
 (normal, held out from training) against other classes' *training* images (anomalies).
 
 VAE candidates (the shipped members: latent_nll, recon_map_distance, iwae_minus_png,

@@ -4,7 +4,9 @@ reports.
 
 Each unit trains a model with the product's own steps (benchmarks/quality.fit_unit) on one
 class's training images. The members (training/scores.COMBINED_MEMBERS) get their conformal
-p-values against the first calibration half, as in the product. The rules then turn them into one
+p-values against the first calibration half (the product's members took theirs from it until
+2026-12-03, and now from the validation split, which these units hold out as their normal
+images). The rules then turn them into one
 statistic, and each is measured by its AUROC on the class's *validation* images (normal, held out
 from training) against other classes' *training* images (anomalies):
 

@@ -108,8 +108,8 @@ def _fpr(records: list[dict]) -> list[str]:
     lines += [
         "",
         "A reference of n images gives p-values no smaller than 1 / (n + 1): where the default "
-        "score's reference (half the calibration split for a combined score of several "
-        "members, all of it for one) is under "
+        "score's reference (the whole calibration split; the combined score's members are "
+        "referenced on the validation split) is under "
         "1 / alpha - 1 images, nothing can be flagged at that alpha and the rate falls below it.",
     ]
     return lines + [""]
