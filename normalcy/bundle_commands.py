@@ -200,6 +200,12 @@ def run_calibrate(args) -> int:
             "(calibrate on images the model never saw)",
             file=sys.stderr,
         )
+    if members is not None and members.fingerprint() == bundle.spec.training.data_fingerprint:
+        print(
+            "calibrate: warning: --member-data is the model's training data; the combined score "
+            "stays valid but detects less (use images the model never saw)",
+            file=sys.stderr,
+        )
     for warning in summary["warnings"]:
         print(f"calibrate: warning: {warning}", file=sys.stderr)
     out = args.out or args.bundle

@@ -63,11 +63,13 @@ def test_member_data_references_the_combined_scores_members_on_other_images(
     # members inside the combination the --member-data images; without it, half of --data each.
     path = tmp_path / "vae.onnx"
     shutil.copy(vae_bundle, path)
-    code, _, _ = _calibrate(
+    code, _, err = _calibrate(
         capsys, path, "--data", "digits:test", "--member-data", "digits:train",
         "--normal-classes", NORMAL, "--alpha", "0.2",
     )  # fmt: skip
     assert code == 0
+    # The fixture trained on digits:train 0-4: valid, but the user is told.
+    assert "--member-data is the model's training data" in err
     detector = Detector.load(path, device="cpu")
     test, train = load_digits("test"), load_digits("train")
     normal = test.images[np.isin(test.labels, [0, 1, 2, 3, 4])]
@@ -81,7 +83,8 @@ def test_member_data_references_the_combined_scores_members_on_other_images(
         expected = expected_reference(detector.spec, scores, name, member_scores)
         np.testing.assert_allclose(detector.reference(name), expected, rtol=1e-6)
     assert len(detector.reference("combined")) == len(normal)
-    code, _, _ = _calibrate(capsys, path, "--data", "digits:test", "--normal-classes", NORMAL)
+    code, _, err = _calibrate(capsys, path, "--data", "digits:test", "--normal-classes", NORMAL)
+    assert "--member-data" not in err
     halves = Detector.load(path, device="cpu")
     assert len(halves.reference("combined")) == len(normal) // 2
     np.testing.assert_allclose(
