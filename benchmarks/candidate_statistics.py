@@ -11,10 +11,11 @@ the product. AUROC on the class's *validation* images
 (normal, held out from training) against other classes' *training* images (anomalies).
 
 VAE candidates (the shipped members: latent_nll, recon_map_distance, iwae_minus_png,
-encoder_outlier_factor, encoder_coarse_distance and encoder_mixture_nll; the last two took
-recon_mse's place in 2026-12; encoder_neighbour_distance took encoder_distance's place on
-2026-12-03 (it is feature_cosine_knn_pca256 below) and encoder_outlier_factor its own later that
-day (feature_cosine_lof_k5); VARIANTS are measured beside them):
+encoder_neighbour_distance, encoder_outlier_factor, encoder_coarse_distance and
+encoder_mixture_nll; the last two took recon_mse's place in 2026-12; encoder_neighbour_distance
+took encoder_distance's place on 2026-12-03 (it is feature_cosine_knn_pca256 below),
+encoder_outlier_factor its own later that day (feature_cosine_lof_k5), and both have been
+members since 2026-12-07 (benchmarks/member_sets.py); VARIANTS are measured beside them):
   latent_knn         mean squared distance of the posterior mean to its LATENT_NEIGHBOURS nearest
                      training codes: a non-parametric density of the aggregate posterior, beside
                      latent_nll's Gaussian mixture
@@ -255,20 +256,19 @@ TWO_SIDED = {"vae": ("kl", "posterior_spread"), "pixelcnn": ()}
 # took recon_mse's place, and with the 2x2 Gaussian alone in its place.
 VARIANTS = {
     "vae": {
-        "encoder_neighbour_distance for encoder_outlier_factor (the members before)": (
+        "without encoder_neighbour_distance (the members before 2026-12-07)": (
             "latent_nll",
             "recon_map_distance",
             "iwae_minus_png",
-            "encoder_neighbour_distance",
+            "encoder_outlier_factor",
             "encoder_coarse_distance",
             "encoder_mixture_nll",
         ),
-        "+ encoder_neighbour_distance": (
+        "without encoder_outlier_factor (the members before it joined)": (
             "latent_nll",
             "recon_map_distance",
             "iwae_minus_png",
             "encoder_neighbour_distance",
-            "encoder_outlier_factor",
             "encoder_coarse_distance",
             "encoder_mixture_nll",
         ),
