@@ -273,6 +273,7 @@ def run_model(kind: str, unit: dict, epochs: int, device: str = "cpu") -> dict:
         "scores": scores,
         "fpr_flagged": {str(a): int(np.sum(p_values <= a)) for a in ALPHAS},
         "n_normal": len(unit["normal"]),
+        "n_reference": len(spec.scores[default].reference),
         "train_seconds": round(train_seconds, 1),
         "epochs": result.epochs,
         "seconds": round(time.monotonic() - started, 1),

@@ -187,7 +187,7 @@ def test_calibrating_on_the_training_data_warns(bundle_copy, capsys):
 @pytest.mark.parametrize(("kind", "needed"), [("pixelcnn", 999), ("vae", 1998)])
 def test_a_reference_too_small_for_alpha_warns(kind, needed, request, tmp_path, capsys):
     """At alpha 0.001 a few hundred images can never give p <= alpha, and the user is told so
-    rather than getting a silent detector. The VAE's combined default (six members) is
+    rather than getting a silent detector. The VAE's combined default (seven members) is
     referenced on half the images, so it needs twice as many; the PixelCNN's (one member) on all
     of them."""
     bundle_copy = tmp_path / "model.onnx"
