@@ -8,7 +8,8 @@ Protocols:
   pair      Fashion-MNIST training images (PAIR_TRAIN of them) are normal; Fashion-MNIST test
             images against MNIST test images (PAIR_TEST each).
   fpr       the default score's measured false-positive rate on the normal test images at
-            alpha 0.001, 0.01 and 0.05, with its binomial 95% interval.
+            alpha 0.001, 0.01 and 0.05, with its binomial 95% interval and the range the count
+            takes with exact conformal p-values (each unit's images share one reference).
 
 Models train with the product's own steps (those of training.pipeline.run but the file: training,
 the local model, the fitted densities, the bundle's scores, calibration: every reference on the
