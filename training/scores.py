@@ -51,8 +51,9 @@ COMBINED_MEMBERS = {
         "now among them (benchmarks/results/member_sets.md; mean development AUROC without and "
         "with it): MNIST 2, 3, 4, 5, 8, 9 98.27 / 98.34; Fashion-MNIST 0, 2, 4, 6 91.34 / "
         "91.24; the pair 99.94 / 99.92; the demo's calibration digits 97.27 / 97.92; largest "
-        "shortfall 0.65 / 0.10. Before, encoder_outlier_factor had taken its place "
-        "(candidate_statistics_outlier.md), as it had taken encoder_distance's "
+        "shortfall 0.65 / 0.10. Before, encoder_outlier_factor had taken "
+        "encoder_neighbour_distance's place (candidate_statistics_outlier.md), as that had "
+        "taken encoder_distance's "
         "(candidate_statistics_neighbours.md), and encoder_coarse_distance and "
         "encoder_mixture_nll recon_mse's (candidate_statistics_mixture.md). The KL term and the "
         "posterior spread ranked anomalies below normal images and stay out.",
